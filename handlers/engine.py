@@ -1,0 +1,316 @@
+"""The enhancement engine: bytes -> decode -> plan passes -> tiled model passes -> encode -> bytes.
+
+Plain Python and torch, no TorchServe import: the TorchServe handler and the Triton binding are thin
+adapters over ``Enhancer``, so the same input gives the same output on both.
+
+Three stages, so adapters can isolate errors per request and share model calls across requests:
+``prepare`` (options, decode, limits; raises EnhanceError), ``run`` (the model passes of many jobs
+together; a job that fails gets its own error), ``finish`` (encode; raises EnhanceError).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from card import ModelCard
+from errors import EnhanceError, OutOfMemory, PayloadTooLarge
+from imaging import (
+    CONTENT_TYPES,
+    Picture,
+    check_output_format,
+    encode_picture,
+    fill_transparent,
+    load_picture,
+    open_image,
+    resize,
+    resolve_format,
+)
+from options import Options, parse_options, smallest_tile
+from passes import Pass, output_size, plan_passes
+from runner import ModelRunner, TileOutOfMemory, is_out_of_memory, out_of_memory_error
+from settings import EnhancerSettings
+from tiling import tiled_apply
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class Result:
+    """An encoded output image."""
+
+    data: bytes
+    content_type: str
+    format: str
+    width: int
+    height: int
+
+
+@dataclasses.dataclass(eq=False)
+class Job:
+    """One request between the stages."""
+
+    options: Options
+    picture: Picture
+    format: str
+    target: tuple[int, int]
+    plan: list[Pass]
+    color: torch.Tensor | None = None  # the enhanced colour planes once ``run`` succeeded
+    error: EnhanceError | None = None
+
+
+def configure_cpu_threads(settings: EnhancerSettings) -> int:
+    """Use every core this process may run on (TorchServe starts workers with OMP_NUM_THREADS=1)."""
+    threads = settings.cpu_threads or len(os.sched_getaffinity(0))
+    torch.set_num_threads(threads)
+    return threads
+
+
+class Enhancer:
+    """Runs one model card's TorchScript model on images.
+
+    Args:
+        runner: the loaded model.
+        card: its card.
+        settings: limits and knobs.
+    """
+
+    def __init__(self, runner: ModelRunner, card: ModelCard, settings: EnhancerSettings):
+        self.runner = runner
+        self.card = card
+        self.settings = settings
+        self.device = runner.device
+        self.batch_size = settings.tile_batch_gpu if self.device.type == "cuda" else settings.tile_batch_cpu
+
+    @classmethod
+    def load(
+        cls,
+        model_path: str | Path,
+        card_path: str | Path | None = None,
+        *,
+        device: str | torch.device = "cpu",
+        settings: EnhancerSettings | None = None,
+    ) -> Enhancer:
+        """Load a model and its card, refusing a model whose sha256 does not match the card.
+
+        Args:
+            model_path: the TorchScript file.
+            card_path: its card; default: the model path with a .json suffix.
+            device: "cpu", "cuda", "cuda:1", ...
+            settings: defaults to ``EnhancerSettings()``.
+
+        Raises:
+            ValueError: invalid card, or a model file that does not match it.
+        """
+        model_path = Path(model_path)
+        card = ModelCard.load(card_path or model_path.with_suffix(".json"))
+        card.verify(model_path)
+        settings = settings or EnhancerSettings()
+        runner = ModelRunner(model_path, card, torch.device(device), settings.precision)
+        logger.info(
+            "Loaded %s %s (scale %d, tile %d, overlap %d) on %s in %s",
+            card.name, card.version, card.scale, card.tile, card.overlap, runner.device, runner.dtype,
+        )
+        return cls(runner, card, settings)
+
+    # -- stage 1 ---------------------------------------------------------------------------------
+
+    def prepare(self, data: bytes, raw_options: Mapping[str, object] | None = None) -> Job:
+        """Validate options, check limits from the header, decode, and plan.
+
+        Raises:
+            EnhanceError: 400, 413 or 415, before any model work.
+        """
+        options = parse_options(raw_options or {}, self.card, self.settings)
+        image, fmt = open_image(data, self.settings.max_input_pixels)
+        self._check_output_pixels(image.size, options.scale)
+        picture = load_picture(image, data, fmt)
+        width, height = picture.size
+        target = output_size(width, height, options.scale)
+        out_format = resolve_format(options.format, picture)
+        check_output_format(out_format, target)
+        return Job(options, picture, out_format, target, plan_passes(width, height, options.scale))
+
+    def _check_output_pixels(self, size: tuple[int, int], scale: float) -> None:
+        width, height = output_size(size[0], size[1], scale)
+        if width * height > self.settings.max_output_pixels:
+            raise PayloadTooLarge(
+                f"output image too large: {width}x{height} = {width * height:,} pixels at scale {scale:g}; "
+                f"the limit is {self.settings.max_output_pixels:,} pixels"
+            )
+
+    # -- stage 2 ---------------------------------------------------------------------------------
+
+    def run(self, jobs: Sequence[Job]) -> None:
+        """Enhance the prepared jobs together; sets ``job.color`` or ``job.error`` on each."""
+        jobs = [job for job in jobs if job.error is None]
+        if not jobs:
+            return
+        try:
+            colors = self._enhance(
+                [self._model_input(job.picture) for job in jobs],
+                [job.plan for job in jobs],
+                [job.options for job in jobs],
+            )
+        except OutOfMemory as error:
+            if len(jobs) == 1:
+                jobs[0].error = error
+                return
+            # a shared batch did not fit: give each request its own chance
+            logger.warning("out of memory on %d requests together; running them one by one", len(jobs))
+            for job in jobs:
+                self.run([job])
+            return
+        for job, color in zip(jobs, colors):
+            job.color = color
+
+    def _model_input(self, picture: Picture) -> torch.Tensor:
+        color = picture.color.to(self.device, non_blocking=True)
+        if picture.alpha is not None:
+            color = fill_transparent(color, picture.alpha.to(self.device, non_blocking=True))
+        return color
+
+    def _enhance(
+        self, colors: list[torch.Tensor], plans: list[list[Pass]], options: list[Options]
+    ) -> list[torch.Tensor]:
+        """All passes of all images, each pass's tiles shared among the images that have it."""
+        current = list(colors)
+        for index in range(max(len(plan) for plan in plans)):
+            active = [i for i, plan in enumerate(plans) if index < len(plan)]
+            groups: dict[int, list[int]] = {}
+            for i in active:
+                groups.setdefault(options[i].tile or self.card.tile, []).append(i)
+            for tile, members in groups.items():
+                inputs = []
+                for i in members:
+                    step = plans[i][index]
+                    # a scale-1 model restores at the target size: resize first
+                    inputs.append(resize(current[i], step.dst) if self.card.scale == 1 else current[i])
+                outputs = self._model_pass(inputs, tile)
+                for i, out in zip(members, outputs):
+                    current[i] = resize(out, plans[i][index].dst)  # no-op when already exact
+        for i, opts in enumerate(options):
+            if opts.strength < 1.0:
+                plain = resize(colors[i], plans[i][-1].dst)
+                current[i] = torch.lerp(plain, current[i], opts.strength)
+        return current
+
+    def _model_pass(self, inputs: list[torch.Tensor], tile: int) -> list[torch.Tensor]:
+        """One tiled pass over the inputs, with the precision guard and out-of-memory retries."""
+        apply = partial(
+            tiled_apply,
+            inputs,
+            scale=self.card.scale,
+            overlap=self.card.overlap,
+            multiple=self.card.multiple,
+            dynamic=self.card.dynamic,
+            batch_size=self.batch_size,
+        )
+        while True:
+            try:
+                outputs = apply(self.runner, tile=tile)
+                if self.runner.reduced_precision and self.runner.take_bad_flag():
+                    self.runner.fallbacks += 1
+                    logger.warning("%s output had NaN or black tiles; rerunning the pass in float32", self.runner.dtype)
+                    outputs = apply(partial(self.runner, full_precision=True), tile=tile)
+                return outputs
+            except TileOutOfMemory:
+                smaller = tile // 2 // self.card.multiple * self.card.multiple
+                if self.card.dynamic and smaller >= smallest_tile(self.card):
+                    logger.warning("one %d tile did not fit; retrying the pass with %d tiles", tile, smaller)
+                    tile = smaller
+                    continue
+                raise out_of_memory_error(self.device, tile) from None
+            except Exception as error:  # noqa: BLE001 - only allocation failures are mapped
+                if not is_out_of_memory(error):
+                    raise
+                self.runner.release_memory()
+                raise OutOfMemory(f"out of memory on {self.device.type} holding the images: try a smaller scale") from None
+
+    # -- stage 3 ---------------------------------------------------------------------------------
+
+    def finish(self, job: Job) -> Result:
+        """Encode a job that ``run`` completed.
+
+        Raises:
+            EnhanceError: the job's own error from ``run``, or 413 when the encoded image is over
+            ``max_output_bytes``.
+        """
+        if job.error is not None:
+            raise job.error
+        if job.color is None:
+            raise RuntimeError("finish() called before run() completed the job")
+        alpha = job.picture.alpha
+        if alpha is not None:
+            alpha = resize(alpha.to(self.device), job.target)
+        quality = job.options.quality or (
+            self.settings.jpeg_quality if job.format == "jpeg" else self.settings.webp_quality
+        )
+        data = encode_picture(
+            job.color,
+            alpha,
+            grayscale=job.picture.grayscale,
+            bits=job.picture.bits,
+            fmt=job.format,
+            quality=quality,
+            meta=job.picture.meta,
+            png_compress_level=self.settings.png_compress_level,
+        )
+        job.color = None  # free the device memory as soon as the bytes exist
+        if len(data) > self.settings.max_output_bytes:
+            raise PayloadTooLarge(
+                f"encoded output is {len(data):,} bytes; the limit is {self.settings.max_output_bytes:,} bytes: "
+                "ask for jpeg or webp, or a smaller scale"
+            )
+        return Result(data, CONTENT_TYPES[job.format], job.format, job.target[0], job.target[1])
+
+    # -- conveniences ----------------------------------------------------------------------------
+
+    def enhance(self, data: bytes, raw_options: Mapping[str, object] | None = None) -> Result:
+        """All three stages for one image.
+
+        Raises:
+            EnhanceError: anything wrong with the request (400, 413, 415, 507).
+        """
+        job = self.prepare(data, raw_options)
+        self.run([job])
+        return self.finish(job)
+
+    def enhance_batch(self, requests: Sequence[tuple[bytes, Mapping[str, object]]]) -> list[Result | EnhanceError]:
+        """Several requests at once, sharing model calls; each gets its result or its own error."""
+        jobs: list[Job | EnhanceError] = []
+        for data, raw_options in requests:
+            try:
+                jobs.append(self.prepare(data, raw_options))
+            except EnhanceError as error:
+                jobs.append(error)
+        self.run([job for job in jobs if isinstance(job, Job)])
+        results: list[Result | EnhanceError] = []
+        for job in jobs:
+            if isinstance(job, EnhanceError):
+                results.append(job)
+                continue
+            try:
+                results.append(self.finish(job))
+            except EnhanceError as error:
+                results.append(error)
+        return results
+
+    def upscale(self, rgb: torch.Tensor, scale: float, *, tile: int | None = None) -> torch.Tensor:
+        """Enhance a float RGB tensor (3, H, W) in [0, 1] by ``scale``, as the service does.
+
+        Returns:
+            float32 (3, round(scale*H), round(scale*W)) in [0, 1], on the CPU.
+        """
+        if rgb.ndim != 3 or rgb.shape[0] != 3:
+            raise ValueError(f"expected a (3, H, W) tensor, got {tuple(rgb.shape)}")
+        height, width = rgb.shape[1:]
+        plan = plan_passes(width, height, scale)
+        (out,) = self._enhance([rgb.to(self.device, torch.float32)], [plan], [Options(scale=scale, tile=tile)])
+        return out.cpu()

@@ -1,0 +1,59 @@
+"""Typed engine errors. Each carries the HTTP status it means; adapters (TorchServe, Triton) map them.
+
+The engine raises only these for problems with a request; anything else is a bug and propagates.
+"""
+
+from __future__ import annotations
+
+import json
+
+
+class EnhanceError(Exception):
+    """A request the engine cannot serve, with the HTTP status that says why."""
+
+    status = 500
+    kind = "InternalServerError"
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    def to_json(self) -> bytes:
+        """The error body, shaped like TorchServe's own: ``{"code", "type", "message"}``."""
+        return json.dumps({"code": self.status, "type": self.kind, "message": self.message}).encode()
+
+
+class BadRequest(EnhanceError):
+    """400: unreadable image or a bad option."""
+
+    status = 400
+    kind = "BadRequest"
+
+
+class OptionError(BadRequest):
+    """400 naming the option that is unknown or out of range."""
+
+    def __init__(self, option: str, message: str):
+        super().__init__(f"option '{option}': {message}")
+        self.option = option
+
+
+class PayloadTooLarge(EnhanceError):
+    """413: input or output over a pixel or byte limit; the message gives the limit."""
+
+    status = 413
+    kind = "PayloadTooLarge"
+
+
+class UnsupportedMedia(EnhanceError):
+    """415: a format or kind of image the service does not take (animated, TIFF, SVG, ...)."""
+
+    status = 415
+    kind = "UnsupportedMediaType"
+
+
+class OutOfMemory(EnhanceError):
+    """507: the device ran out of memory even after retrying with smaller batches and tiles."""
+
+    status = 507
+    kind = "InsufficientStorage"

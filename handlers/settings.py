@@ -1,0 +1,95 @@
+"""Service settings: limits and knobs read once from the ``handler:`` section of model-config.yaml."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+PRECISIONS = ("auto", "float32", "float16", "bfloat16")
+
+
+@dataclasses.dataclass(frozen=True)
+class EnhancerSettings:
+    """Limits and knobs of the engine. Defaults suit a CPU box; model-config.yaml overrides them.
+
+    Attributes:
+        max_input_pixels: largest input (width x height) accepted, checked from the header before
+            decoding. Default: 16,777,216 (4096 x 4096; a 12 MP phone photo fits).
+        max_output_pixels: largest output accepted, checked before any work. Default: 67,108,864
+            (8192 x 8192).
+        max_output_bytes: largest encoded response; above it the request is a 413, so TorchServe's
+            ``max_response_size`` (which kills the worker when exceeded) is never reached.
+        max_scale: the largest ``scale`` option. Default: 8.
+        max_tile: the largest ``tile`` option, for models whose card says ``dynamic``.
+        tile_batch_cpu, tile_batch_gpu: tiles per model call.
+        precision: "auto" (float32 on CPU; on GPU bfloat16 or float16 when the card lists it,
+            guarded by a float32 rerun on NaN or black output), or a fixed dtype.
+        cpu_threads: torch intra-op threads on CPU; 0 means all cores.
+        jpeg_quality, webp_quality: defaults of the ``quality`` option.
+        png_compress_level: zlib level for PNG output (0-9); 3 is much faster than 6 and nearly as small.
+        option_header_prefix: request headers with this prefix carry options for a raw body.
+    """
+
+    max_input_pixels: int = 4096 * 4096
+    max_output_pixels: int = 8192 * 8192
+    max_output_bytes: int = 200 * 1024 * 1024
+    max_scale: float = 8.0
+    max_tile: int = 1024
+    tile_batch_cpu: int = 2
+    tile_batch_gpu: int = 8
+    precision: str = "auto"
+    cpu_threads: int = 0
+    jpeg_quality: int = 92
+    webp_quality: int = 90
+    png_compress_level: int = 3
+    option_header_prefix: str = "X-Enhance-"
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any] | None) -> EnhancerSettings:
+        """Build settings from a mapping such as ``context.model_yaml_config["handler"]``.
+
+        Raises:
+            ValueError: naming an unknown key or a value of the wrong type or range.
+        """
+        values = dict(values or {})
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        kwargs: dict[str, Any] = {}
+        for key, value in values.items():
+            if key not in fields:
+                raise ValueError(f"settings: unknown key '{key}' (known: {', '.join(sorted(fields))})")
+            default = fields[key].default
+            if isinstance(default, bool) or not isinstance(value, type(default)):
+                if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+                    value = float(value)
+                else:
+                    raise ValueError(f"settings: '{key}' must be {type(default).__name__}, not {value!r}")
+            kwargs[key] = value
+        settings = cls(**kwargs)
+        settings._check()
+        return settings
+
+    @classmethod
+    def from_model_config(cls, model_yaml_config: Mapping[str, Any] | None) -> EnhancerSettings:
+        """Settings from TorchServe's parsed model-config.yaml (its ``handler`` section)."""
+        return cls.from_mapping((model_yaml_config or {}).get("handler"))
+
+    def _check(self) -> None:
+        positive = ("max_input_pixels", "max_output_pixels", "max_output_bytes", "max_tile",
+                    "tile_batch_cpu", "tile_batch_gpu")
+        for key in positive:
+            if getattr(self, key) < 1:
+                raise ValueError(f"settings: '{key}' must be at least 1")
+        if not 1.0 <= self.max_scale <= 16.0:
+            raise ValueError("settings: 'max_scale' must be in [1, 16]")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"settings: 'precision' must be one of {PRECISIONS}")
+        if self.cpu_threads < 0:
+            raise ValueError("settings: 'cpu_threads' must be 0 (all cores) or more")
+        for key in ("jpeg_quality", "webp_quality"):
+            if not 1 <= getattr(self, key) <= 100:
+                raise ValueError(f"settings: '{key}' must be in [1, 100]")
+        if not 0 <= self.png_compress_level <= 9:
+            raise ValueError("settings: 'png_compress_level' must be in [0, 9]")
+        if not self.option_header_prefix:
+            raise ValueError("settings: 'option_header_prefix' must not be empty")

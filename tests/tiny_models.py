@@ -1,0 +1,108 @@
+"""Tiny TorchScript models and cards made in code, for tests that must not need trained weights.
+
+``TinySR`` is a scale-2 model (nearest 2x plus a small learned residual through a PixelShuffle head),
+``TinyRestore`` a scale-1 one (identity plus a residual). Their receptive field is exactly ``depth``
+pixels (``depth`` 3x3 convolutions), so a card with ``overlap >= depth`` makes tiling exact.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from card import file_sha256
+
+
+def _body(depth: int, width: int, out_channels: int) -> nn.Sequential:
+    layers: list[nn.Module] = [nn.Conv2d(3, width, 3, padding=1), nn.ReLU()]
+    for _ in range(depth - 2):
+        layers += [nn.Conv2d(width, width, 3, padding=1), nn.ReLU()]
+    layers.append(nn.Conv2d(width, out_channels, 3, padding=1))
+    return nn.Sequential(*layers)
+
+
+class TinySR(nn.Module):
+    """Scale 2: nearest-neighbour 2x plus ``amount`` * tanh(residual)."""
+
+    def __init__(self, depth: int = 3, width: int = 8, amount: float = 0.1):
+        super().__init__()
+        self.body = _body(depth, width, 12)
+        self.shuffle = nn.PixelShuffle(2)
+        self.amount = amount
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        base = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        return base + self.amount * torch.tanh(self.shuffle(self.body(x)))
+
+
+class TinyRestore(nn.Module):
+    """Scale 1: identity plus ``amount`` * tanh(residual)."""
+
+    def __init__(self, depth: int = 3, width: int = 8, amount: float = 0.1):
+        super().__init__()
+        self.body = _body(depth, width, 3)
+        self.amount = amount
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.amount * torch.tanh(self.body(x))
+
+
+class Overflow(nn.Module):
+    """Scale 2; finite in float32 but inf/NaN in float16 (an intermediate exceeds 65504)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        big = x * 1e5 + 1e5
+        return F.interpolate(big / 1e5 - 1.0, scale_factor=2.0, mode="nearest")
+
+
+def save_model(
+    directory: Path,
+    module: nn.Module,
+    *,
+    name: str = "enhancer",
+    scale: int = 2,
+    tile: int = 32,
+    overlap: int = 4,
+    multiple: int = 1,
+    dynamic: bool = True,
+    dtypes: tuple[str, ...] = ("float32",),
+    seed: int = 0,
+) -> Path:
+    """Trace ``module`` at the tile shape, save ``<name>.pt`` and its card; return the .pt path."""
+    torch.manual_seed(seed)
+    module = module.eval()
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.pt"
+    with torch.no_grad():
+        traced = torch.jit.trace(module, torch.rand(1, 3, tile, tile))
+    torch.jit.save(traced, str(path))
+    card = {
+        "name": name,
+        "version": "test",
+        "scale": scale,
+        "multiple": multiple,
+        "tile": tile,
+        "overlap": overlap,
+        "dtypes": list(dtypes),
+        "sha256": file_sha256(path),
+        "dynamic": dynamic,
+        "training": {"note": "random weights, for tests"},
+    }
+    path.with_suffix(".json").write_text(json.dumps(card, indent=2))
+    return path
+
+
+def tiny_sr(directory: Path, **card) -> Path:
+    """A seeded TinySR saved with its card (scale 2, tile 32, overlap 4 unless overridden)."""
+    torch.manual_seed(card.pop("seed", 0))
+    return save_model(directory, TinySR(depth=card.pop("depth", 3)), scale=2, **card)
+
+
+def tiny_restore(directory: Path, **card) -> Path:
+    """A seeded TinyRestore saved with its card (scale 1)."""
+    torch.manual_seed(card.pop("seed", 0))
+    return save_model(directory, TinyRestore(depth=card.pop("depth", 3)), scale=1, **card)
