@@ -47,6 +47,7 @@ class ModelCard:
         Raises:
             ValueError: naming the first missing or invalid field.
         """
+
         def need(key: str, kind: type | tuple[type, ...]) -> Any:
             if key not in data:
                 raise ValueError(f"model card: missing field '{key}'")
@@ -76,7 +77,17 @@ class ModelCard:
         dynamic = data.get("dynamic", False)
         if not isinstance(dynamic, bool):
             raise ValueError("model card: 'dynamic' must be true or false")
-        known = {"name", "version", "scale", "multiple", "tile", "overlap", "dtypes", "sha256", "dynamic"}
+        known = {
+            "name",
+            "version",
+            "scale",
+            "multiple",
+            "tile",
+            "overlap",
+            "dtypes",
+            "sha256",
+            "dynamic",
+        }
         return cls(
             name=need("name", str),
             version=need("version", str),
@@ -98,7 +109,9 @@ class ModelCard:
 
     def to_dict(self) -> dict[str, Any]:
         """The card as JSON-ready data, engine fields first."""
-        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        data = {
+            f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"
+        }
         data["dtypes"] = list(self.dtypes)
         data.update(self.extra)
         return data

@@ -86,7 +86,9 @@ class Enhancer:
         self.card = card
         self.settings = settings
         self.device = runner.device
-        self.batch_size = settings.tile_batch_gpu if self.device.type == "cuda" else settings.tile_batch_cpu
+        self.batch_size = (
+            settings.tile_batch_gpu if self.device.type == "cuda" else settings.tile_batch_cpu
+        )
 
     @classmethod
     def load(
@@ -115,7 +117,13 @@ class Enhancer:
         runner = ModelRunner(model_path, card, torch.device(device), settings.precision)
         logger.info(
             "Loaded %s %s (scale %d, tile %d, overlap %d) on %s in %s",
-            card.name, card.version, card.scale, card.tile, card.overlap, runner.device, runner.dtype,
+            card.name,
+            card.version,
+            card.scale,
+            card.tile,
+            card.overlap,
+            runner.device,
+            runner.dtype,
         )
         return cls(runner, card, settings)
 
@@ -141,7 +149,8 @@ class Enhancer:
         width, height = output_size(size[0], size[1], scale)
         if width * height > self.settings.max_output_pixels:
             raise PayloadTooLarge(
-                f"output image too large: {width}x{height} = {width * height:,} pixels at scale {scale:g}; "
+                f"output image too large: {width}x{height} = {width * height:,} pixels "
+                f"at scale {scale:g}; "
                 f"the limit is {self.settings.max_output_pixels:,} pixels"
             )
 
@@ -163,11 +172,13 @@ class Enhancer:
                 jobs[0].error = error
                 return
             # a shared batch did not fit: give each request its own chance
-            logger.warning("out of memory on %d requests together; running them one by one", len(jobs))
+            logger.warning(
+                "out of memory on %d requests together; running them one by one", len(jobs)
+            )
             for job in jobs:
                 self.run([job])
             return
-        for job, color in zip(jobs, colors):
+        for job, color in zip(jobs, colors, strict=False):
             job.color = color
 
     def _model_input(self, picture: Picture) -> torch.Tensor:
@@ -191,9 +202,11 @@ class Enhancer:
                 for i in members:
                     step = plans[i][index]
                     # a scale-1 model restores at the target size: resize first
-                    inputs.append(resize(current[i], step.dst) if self.card.scale == 1 else current[i])
+                    inputs.append(
+                        resize(current[i], step.dst) if self.card.scale == 1 else current[i]
+                    )
                 outputs = self._model_pass(inputs, tile)
-                for i, out in zip(members, outputs):
+                for i, out in zip(members, outputs, strict=False):
                     current[i] = resize(out, plans[i][index].dst)  # no-op when already exact
         for i, opts in enumerate(options):
             if opts.strength < 1.0:
@@ -217,13 +230,18 @@ class Enhancer:
                 outputs = apply(self.runner, tile=tile)
                 if self.runner.reduced_precision and self.runner.take_bad_flag():
                     self.runner.fallbacks += 1
-                    logger.warning("%s output had NaN or black tiles; rerunning the pass in float32", self.runner.dtype)
+                    logger.warning(
+                        "%s output had NaN or black tiles; rerunning the pass in float32",
+                        self.runner.dtype,
+                    )
                     outputs = apply(partial(self.runner, full_precision=True), tile=tile)
                 return outputs
             except TileOutOfMemory:
                 smaller = tile // 2 // self.card.multiple * self.card.multiple
                 if self.card.dynamic and smaller >= smallest_tile(self.card):
-                    logger.warning("one %d tile did not fit; retrying the pass with %d tiles", tile, smaller)
+                    logger.warning(
+                        "one %d tile did not fit; retrying the pass with %d tiles", tile, smaller
+                    )
                     tile = smaller
                     continue
                 raise out_of_memory_error(self.device, tile) from None
@@ -231,7 +249,9 @@ class Enhancer:
                 if not is_out_of_memory(error):
                     raise
                 self.runner.release_memory()
-                raise OutOfMemory(f"out of memory on {self.device.type} holding the images: try a smaller scale") from None
+                raise OutOfMemory(
+                    f"out of memory on {self.device.type} holding the images: try a smaller scale"
+                ) from None
 
     # -- stage 3 ---------------------------------------------------------------------------------
 
@@ -265,7 +285,8 @@ class Enhancer:
         job.color = None  # free the device memory as soon as the bytes exist
         if len(data) > self.settings.max_output_bytes:
             raise PayloadTooLarge(
-                f"encoded output is {len(data):,} bytes; the limit is {self.settings.max_output_bytes:,} bytes: "
+                f"encoded output is {len(data):,} bytes; "
+                f"the limit is {self.settings.max_output_bytes:,} bytes: "
                 "ask for jpeg or webp, or a smaller scale"
             )
         return Result(data, CONTENT_TYPES[job.format], job.format, job.target[0], job.target[1])
@@ -282,7 +303,9 @@ class Enhancer:
         self.run([job])
         return self.finish(job)
 
-    def enhance_batch(self, requests: Sequence[tuple[bytes, Mapping[str, object]]]) -> list[Result | EnhanceError]:
+    def enhance_batch(
+        self, requests: Sequence[tuple[bytes, Mapping[str, object]]]
+    ) -> list[Result | EnhanceError]:
         """Several requests at once, sharing model calls; each gets its result or its own error."""
         jobs: list[Job | EnhanceError] = []
         for data, raw_options in requests:
@@ -312,5 +335,7 @@ class Enhancer:
             raise ValueError(f"expected a (3, H, W) tensor, got {tuple(rgb.shape)}")
         height, width = rgb.shape[1:]
         plan = plan_passes(width, height, scale)
-        (out,) = self._enhance([rgb.to(self.device, torch.float32)], [plan], [Options(scale=scale, tile=tile)])
+        (out,) = self._enhance(
+            [rgb.to(self.device, torch.float32)], [plan], [Options(scale=scale, tile=tile)]
+        )
         return out.cpu()

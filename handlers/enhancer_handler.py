@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 
 
 class EnhancerHandler(BaseHandler):
-    """Enhance and enlarge the image of each request; tiles of batched requests share model calls."""
+    """Enhance and enlarge each request's image; tiles of batched requests share model calls."""
 
     def initialize(self, context):
         """Load the TorchScript model and its card from the unpacked archive.
@@ -59,9 +59,8 @@ class EnhancerHandler(BaseHandler):
         items = []
         for idx, request in enumerate(data):
             try:
-                image, options = split_request(
-                    request, self.context.get_all_request_header(idx), self.settings.option_header_prefix
-                )
+                headers = self.context.get_all_request_header(idx)
+                image, options = split_request(request, headers, self.settings.option_header_prefix)
                 items.append(self.enhancer.prepare(image, options))
             except EnhanceError as error:
                 items.append(error)
@@ -73,7 +72,8 @@ class EnhancerHandler(BaseHandler):
         jobs = [item for item in data if isinstance(item, Job)]
         self.enhancer.run(jobs)
         if jobs:
-            logger.info("%d request(s) enhanced in %.0f ms", len(jobs), 1000 * (time.perf_counter() - started))
+            elapsed_ms = 1000 * (time.perf_counter() - started)
+            logger.info("%d request(s) enhanced in %.0f ms", len(jobs), elapsed_ms)
         return data
 
     def postprocess(self, data):

@@ -1,4 +1,4 @@
-"""Typed engine errors. Each carries the HTTP status it means; adapters (TorchServe, Triton) map them.
+"""Typed engine errors, each with the HTTP status it means; adapters (TorchServe, Triton) map them.
 
 The engine raises only these for problems with a request; anything else is a bug and propagates.
 """
@@ -20,7 +20,8 @@ class EnhanceError(Exception):
 
     def to_json(self) -> bytes:
         """The error body, shaped like TorchServe's own: ``{"code", "type", "message"}``."""
-        return json.dumps({"code": self.status, "type": self.kind, "message": self.message}).encode()
+        body = {"code": self.status, "type": self.kind, "message": self.message}
+        return json.dumps(body).encode()
 
 
 class BadRequest(EnhanceError):

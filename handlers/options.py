@@ -1,4 +1,4 @@
-"""Request options: parse and validate ``scale``, ``format``, ``quality``, ``tile`` and ``strength``.
+"""Request options: parse and check ``scale``, ``format``, ``quality``, ``tile`` and ``strength``.
 
 Options arrive as multipart form fields or, for a raw body, as headers with a fixed prefix
 (``X-Enhance-Scale: 4``). Anything unknown is an error that names it, never silently ignored.
@@ -55,13 +55,16 @@ def _number(name: str, text: str, kind: type) -> float | int:
     try:
         number = kind(text)
     except ValueError:
-        raise OptionError(name, f"'{text[:40]}' is not a{'n integer' if kind is int else ' number'}") from None
+        what = "an integer" if kind is int else "a number"
+        raise OptionError(name, f"'{text[:40]}' is not {what}") from None
     if isinstance(number, float) and not math.isfinite(number):
         raise OptionError(name, "must be a finite number")
     return number
 
 
-def parse_options(values: Mapping[str, object], card: ModelCard, settings: EnhancerSettings) -> Options:
+def parse_options(
+    values: Mapping[str, object], card: ModelCard, settings: EnhancerSettings
+) -> Options:
     """Validate raw option values (str, bytes or bytearray) into Options.
 
     Args:
@@ -81,14 +84,17 @@ def parse_options(values: Mapping[str, object], card: ModelCard, settings: Enhan
     if "scale" in text:
         scale = float(_number("scale", text["scale"], float))
         if not 1.0 <= scale <= settings.max_scale:
-            raise OptionError("scale", f"{text['scale']} is out of range: use 1 to {settings.max_scale:g}")
+            raise OptionError(
+                "scale", f"{text['scale'][:40]} is out of range: use 1 to {settings.max_scale:g}"
+            )
         kwargs["scale"] = scale
 
     if "format" in text:
         fmt = text["format"].lower()
         fmt = FORMAT_ALIASES.get(fmt, fmt)
         if fmt not in FORMATS:
-            raise OptionError("format", f"'{text['format'][:40]}' is not one of {', '.join(FORMATS)}")
+            choices = ", ".join(FORMATS)
+            raise OptionError("format", f"'{text['format'][:40]}' is not one of {choices}")
         kwargs["format"] = fmt
 
     if "quality" in text:
@@ -115,7 +121,7 @@ def parse_options(values: Mapping[str, object], card: ModelCard, settings: Enhan
     if "strength" in text:
         strength = float(_number("strength", text["strength"], float))
         if not 0.0 <= strength <= 1.0:
-            raise OptionError("strength", f"{text['strength']} is out of range: use 0 to 1")
+            raise OptionError("strength", f"{text['strength'][:40]} is out of range: use 0 to 1")
         kwargs["strength"] = strength
 
     return Options(**kwargs)  # type: ignore[arg-type]
@@ -150,29 +156,41 @@ def split_request(
     if not images:
         unknown = [name for name in fields if name not in OPTION_NAMES]
         hint = f" (got field '{unknown[0]}')" if unknown else ""
-        raise BadRequest(f"no image: send it as the request body or as the multipart field 'data'{hint}")
+        raise BadRequest(
+            f"no image: send it as the request body or as the multipart field 'data'{hint}"
+        )
     if len(images) > 1:
         raise BadRequest("send one image: both a body and a 'data' field were given")
     data = fields[images[0]]
-    if isinstance(data, str):
-        raise BadRequest("the image arrived as text: send it as binary (curl -T file or -F data=@file)")
-    if not isinstance(data, (bytes, bytearray)) or len(data) == 0:
+    if not isinstance(data, (bytes, bytearray)):
+        # TorchServe decodes a text/* or application/json body before the handler sees it
+        kind = "text" if isinstance(data, str) else "JSON"
+        raise BadRequest(
+            f"the image arrived as {kind}, not bytes: send it as binary "
+            "(curl -T file or -F data=@file, with no text or JSON Content-Type)"
+        )
+    if len(data) == 0:
         raise BadRequest("empty image: the request body has no bytes")
 
+    known = ", ".join(OPTION_NAMES)
     options: dict[str, object] = {}
     for name, value in fields.items():
         if name in IMAGE_FIELDS:
             continue
         if name not in OPTION_NAMES:
-            raise OptionError(name, f"unknown field (send the image as 'data'; options: {', '.join(OPTION_NAMES)})")
+            raise OptionError(name, f"unknown field (send the image as 'data'; options: {known})")
         options[name] = value
     low_prefix = prefix.lower()
     for key, value in (headers or {}).items():
-        if not isinstance(key, str) or not key.lower().startswith(low_prefix) or not isinstance(value, str):
+        # TorchServe also lists each multipart field's own headers here, as dicts: not options
+        if not isinstance(key, str) or not isinstance(value, str):
             continue
-        name = key[len(prefix):].lower()
+        if not key.lower().startswith(low_prefix):
+            continue
+        name = key[len(prefix) :].lower()
         if name not in OPTION_NAMES:
-            raise OptionError(f"{prefix}{key[len(prefix):]}", f"unknown option header (known: {', '.join(OPTION_NAMES)})")
+            header = f"{prefix}{key[len(prefix) :]}"
+            raise OptionError(header, f"unknown option header (known: {known})")
         if name in options:
             raise BadRequest(f"option '{name}' given twice (as a field and as a header)")
         options[name] = value

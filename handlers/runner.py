@@ -34,7 +34,9 @@ def is_out_of_memory(error: BaseException) -> bool:
         return True
     text = str(error)
     return isinstance(error, RuntimeError) and (
-        "out of memory" in text or "can't allocate memory" in text or "CUBLAS_STATUS_ALLOC_FAILED" in text
+        "out of memory" in text
+        or "can't allocate memory" in text
+        or "CUBLAS_STATUS_ALLOC_FAILED" in text
     )
 
 
@@ -46,7 +48,9 @@ def pick_precision(requested: str, card: ModelCard, device: torch.device) -> tor
     """
     if requested != "auto":
         if requested not in card.dtypes:
-            raise ValueError(f"precision {requested} is not among the model card's dtypes {card.dtypes}")
+            raise ValueError(
+                f"precision {requested} is not among the model card's dtypes {card.dtypes}"
+            )
         return _DTYPES[requested]
     if device.type != "cuda":
         return torch.float32
@@ -67,7 +71,9 @@ class ModelRunner:
         precision: "auto" or a dtype name (see ``pick_precision``).
     """
 
-    def __init__(self, model_path: str | Path, card: ModelCard, device: torch.device, precision: str = "auto"):
+    def __init__(
+        self, model_path: str | Path, card: ModelCard, device: torch.device, precision: str = "auto"
+    ):
         self.card = card
         self.device = device
         self.model = torch.jit.load(str(model_path), map_location=device).eval()
@@ -105,7 +111,9 @@ class ModelRunner:
                 raise
         self.release_memory()
         if batch.shape[0] == 1:
-            raise TileOutOfMemory(f"one {tuple(batch.shape[-2:])} tile does not fit on {self.device}")
+            raise TileOutOfMemory(
+                f"one {tuple(batch.shape[-2:])} tile does not fit on {self.device}"
+            )
         half = batch.shape[0] // 2
         logger.warning("out of memory on a batch of %d tiles; retrying in halves", batch.shape[0])
         first = self(batch[:half], full_precision=full_precision)

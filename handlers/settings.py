@@ -1,4 +1,4 @@
-"""Service settings: limits and knobs read once from the ``handler:`` section of model-config.yaml."""
+"""Service settings: limits and knobs, read once from model-config.yaml's ``handler:`` section."""
 
 from __future__ import annotations
 
@@ -27,7 +27,7 @@ class EnhancerSettings:
             guarded by a float32 rerun on NaN or black output), or a fixed dtype.
         cpu_threads: torch intra-op threads on CPU; 0 means all cores.
         jpeg_quality, webp_quality: defaults of the ``quality`` option.
-        png_compress_level: zlib level for PNG output (0-9); 3 is much faster than 6 and nearly as small.
+        png_compress_level: zlib level for PNG output (0-9); 3: far faster than 6, nearly as small.
         option_header_prefix: request headers with this prefix carry options for a raw body.
     """
 
@@ -57,13 +57,21 @@ class EnhancerSettings:
         kwargs: dict[str, Any] = {}
         for key, value in values.items():
             if key not in fields:
-                raise ValueError(f"settings: unknown key '{key}' (known: {', '.join(sorted(fields))})")
+                raise ValueError(
+                    f"settings: unknown key '{key}' (known: {', '.join(sorted(fields))})"
+                )
             default = fields[key].default
             if isinstance(default, bool) or not isinstance(value, type(default)):
-                if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+                if (
+                    isinstance(default, float)
+                    and isinstance(value, int)
+                    and not isinstance(value, bool)
+                ):
                     value = float(value)
                 else:
-                    raise ValueError(f"settings: '{key}' must be {type(default).__name__}, not {value!r}")
+                    raise ValueError(
+                        f"settings: '{key}' must be {type(default).__name__}, not {value!r}"
+                    )
             kwargs[key] = value
         settings = cls(**kwargs)
         settings._check()
@@ -75,8 +83,14 @@ class EnhancerSettings:
         return cls.from_mapping((model_yaml_config or {}).get("handler"))
 
     def _check(self) -> None:
-        positive = ("max_input_pixels", "max_output_pixels", "max_output_bytes", "max_tile",
-                    "tile_batch_cpu", "tile_batch_gpu")
+        positive = (
+            "max_input_pixels",
+            "max_output_pixels",
+            "max_output_bytes",
+            "max_tile",
+            "tile_batch_cpu",
+            "tile_batch_gpu",
+        )
         for key in positive:
             if getattr(self, key) < 1:
                 raise ValueError(f"settings: '{key}' must be at least 1")

@@ -54,10 +54,10 @@ def reflect_indices(length: int, before: int, after: int) -> torch.Tensor:
 
 
 def window_starts(length: int, tile: int, overlap: int, blend: int) -> list[int]:
-    """Window starts (input coordinates) covering ``length`` pixels plus ``overlap`` context each side.
+    """Window starts (input coordinates) covering ``length`` pixels, ``overlap`` context per side.
 
     Consecutive windows are ``tile - 2*overlap - blend`` apart; the last one is moved back to end
-    exactly ``overlap`` (or more, for short axes) past the image, so no compute is wasted on padding.
+    exactly ``overlap`` (or more, for short axes) past the image: no compute is wasted on padding.
     """
     padded = max(length + 2 * overlap, tile)
     if padded == tile:
@@ -70,7 +70,7 @@ def window_starts(length: int, tile: int, overlap: int, blend: int) -> list[int]
 
 
 def _ramp(width: int, device: torch.device) -> torch.Tensor:
-    """A raised-cosine ramp of ``width`` samples rising from near 0 to near 1 (sampled at centres)."""
+    """A raised-cosine ramp of ``width`` samples from near 0 to near 1 (sampled at centres)."""
     t = (torch.arange(width, device=device, dtype=torch.float64) + 0.5) / width
     return 0.5 - 0.5 * torch.cos(math.pi * t)
 
@@ -129,17 +129,21 @@ class _Job:
     out: torch.Tensor
 
 
-def tile_shape(size: tuple[int, int], tile: int, overlap: int, multiple: int, dynamic: bool) -> tuple[int, int]:
+def tile_shape(
+    size: tuple[int, int], tile: int, overlap: int, multiple: int, dynamic: bool
+) -> tuple[int, int]:
     """The (h, w) of the windows for an image of ``size`` (h, w).
 
-    A model traced at one shape always gets ``tile`` x ``tile``. A dynamic model gets smaller windows
-    when the image is small, rounded up to ``multiple``, so a 40 x 30 photo costs 40 x 30, not a tile.
+    A model traced at one shape always gets ``tile`` x ``tile``. A dynamic model gets smaller
+    windows when the image is small, rounded up to ``multiple``: a 40 x 30 photo costs 40 x 30.
     """
     if not dynamic:
         return tile, tile
+
     def side(n: int) -> int:
         need = n + 2 * overlap
         return min(tile, -(-need // multiple) * multiple)
+
     return side(size[0]), side(size[1])
 
 
@@ -183,7 +187,9 @@ def tiled_apply(
         right = xs[-1].start + tw - width
         padded = image.index_select(1, reflect_indices(height, top, bottom).to(image.device))
         padded = padded.index_select(2, reflect_indices(width, left, right).to(image.device))
-        out = torch.zeros(channels, height * scale, width * scale, dtype=torch.float32, device=image.device)
+        out = torch.zeros(
+            channels, height * scale, width * scale, dtype=torch.float32, device=image.device
+        )
         jobs.append(_Job(padded, (top, left), (th, tw), ys, xs, out))
 
     # windows grouped by shape, so each batch stacks; order within a group follows the images
@@ -195,15 +201,23 @@ def tiled_apply(
     for (th, tw), windows in groups.items():
         for first in range(0, len(windows), batch_size):
             chunk = windows[first : first + batch_size]
-            batch = torch.stack([
-                job.image[:, ys.start + job.pad[0] : ys.start + job.pad[0] + th,
-                          xs.start + job.pad[1] : xs.start + job.pad[1] + tw]
-                for job, ys, xs in chunk
-            ])
+            batch = torch.stack(
+                [
+                    job.image[
+                        :,
+                        ys.start + job.pad[0] : ys.start + job.pad[0] + th,
+                        xs.start + job.pad[1] : xs.start + job.pad[1] + tw,
+                    ]
+                    for job, ys, xs in chunk
+                ]
+            )
             result = run(batch)
-            for (job, ys, xs), piece in zip(chunk, result):
-                piece = piece[:, ys.crop_lo : ys.crop_lo + ys.out_hi - ys.out_lo,
-                              xs.crop_lo : xs.crop_lo + xs.out_hi - xs.out_lo].float()
+            for (job, ys, xs), piece in zip(chunk, result, strict=False):
+                piece = piece[
+                    :,
+                    ys.crop_lo : ys.crop_lo + ys.out_hi - ys.out_lo,
+                    xs.crop_lo : xs.crop_lo + xs.out_hi - xs.out_lo,
+                ].float()
                 weight = ys.weights[:, None] * xs.weights[None, :]
                 job.out[:, ys.out_lo : ys.out_hi, xs.out_lo : xs.out_hi].addcmul_(piece, weight)
     return [job.out for job in jobs]

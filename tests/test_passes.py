@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from passes import output_size, pass_count, plan_passes
 
 
@@ -20,9 +21,12 @@ def test_plan_lands_exactly_in_steps_of_at_most_2x(scale, width, height):
     plan = plan_passes(width, height, scale)
     assert plan[0].src == (width, height)
     assert plan[-1].dst == (max(1, round(scale * width)), max(1, round(scale * height)))
-    for earlier, later in zip(plan, plan[1:]):
+    for earlier, later in zip(plan, plan[1:], strict=False):
         assert later.src == earlier.dst
-        assert earlier.dst == (2 * earlier.src[0], 2 * earlier.src[1])  # every pass but the last is 2x
+        assert earlier.dst == (
+            2 * earlier.src[0],
+            2 * earlier.src[1],
+        )  # every pass but the last is 2x
     for step in plan:
         assert step.dst[0] <= 2 * step.src[0] and step.dst[1] <= 2 * step.src[1]
         assert step.dst[0] >= step.src[0] and step.dst[1] >= step.src[1]

@@ -5,13 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from card import ModelCard
 from engine import Enhancer
 from errors import OutOfMemory
 from runner import TileOutOfMemory, is_out_of_memory, pick_precision
 from settings import EnhancerSettings
 from tiny_models import Overflow, save_model
-from torch import nn
 
 
 class Vanish(nn.Module):
@@ -43,12 +44,23 @@ def test_half_precision_without_trouble_keeps_half(tmp_path):
     enhancer = Enhancer.load(path, settings=EnhancerSettings(precision="float16"))
     image = torch.rand(3, 10, 10)
     out = enhancer.upscale(image, 2)
-    torch.testing.assert_close(out, F.interpolate(image[None], scale_factor=2.0)[0], atol=1e-3, rtol=0)
+    torch.testing.assert_close(
+        out, F.interpolate(image[None], scale_factor=2.0)[0], atol=1e-3, rtol=0
+    )
     assert enhancer.runner.fallbacks == 0
 
 
 def card(**fields) -> ModelCard:
-    base = dict(name="m", version="1", scale=2, multiple=1, tile=32, overlap=4, dtypes=["float32"], sha256="0" * 64)
+    base = dict(
+        name="m",
+        version="1",
+        scale=2,
+        multiple=1,
+        tile=32,
+        overlap=4,
+        dtypes=["float32"],
+        sha256="0" * 64,
+    )
     return ModelCard.from_dict({**base, **fields})
 
 
@@ -62,8 +74,12 @@ def test_pick_precision():
 
 
 def test_is_out_of_memory():
-    assert is_out_of_memory(torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
-    assert is_out_of_memory(RuntimeError("[enforce fail at alloc_cpu.cpp] DefaultCPUAllocator: can't allocate memory"))
+    assert is_out_of_memory(
+        torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    )
+    assert is_out_of_memory(
+        RuntimeError("[enforce fail at alloc_cpu.cpp] DefaultCPUAllocator: can't allocate memory")
+    )
     assert is_out_of_memory(MemoryError())
     assert not is_out_of_memory(RuntimeError("shape mismatch"))
     assert not is_out_of_memory(ValueError("out of memory"))

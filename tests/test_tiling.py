@@ -5,15 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from conftest import photo_array
-from tiny_models import TinyRestore, TinySR
 from tiling import axis_spans, reflect_indices, tiled_apply, window_starts
+from tiny_models import TinyRestore, TinySR
 
 TILE, OVERLAP = 32, 4
 
 
 def untiled(module: torch.nn.Module, image: torch.Tensor, overlap: int, scale: int) -> torch.Tensor:
-    """The model on the whole image, reflect-padded by ``overlap`` with numpy (an independent path)."""
+    """The model on the whole image, reflect-padded by ``overlap`` with numpy (independently)."""
     padded = np.pad(image.numpy(), ((0, 0), (overlap, overlap), (overlap, overlap)), mode="reflect")
     with torch.no_grad():
         out = module(torch.from_numpy(padded)[None])[0].clamp(0, 1)
@@ -21,14 +22,22 @@ def untiled(module: torch.nn.Module, image: torch.Tensor, overlap: int, scale: i
     return out[:, cut : out.shape[1] - cut, cut : out.shape[2] - cut]
 
 
-def run_tiled(module, image, *, scale, tile=TILE, overlap=OVERLAP, dynamic=False, batch_size=2, multiple=1):
+def run_tiled(
+    module, image, *, scale, tile=TILE, overlap=OVERLAP, dynamic=False, batch_size=2, multiple=1
+):
     def run(batch):
         with torch.no_grad():
             return module(batch).clamp(0, 1)
 
     return tiled_apply(
-        [image], run, scale=scale, tile=tile, overlap=overlap, dynamic=dynamic,
-        batch_size=batch_size, multiple=multiple,
+        [image],
+        run,
+        scale=scale,
+        tile=tile,
+        overlap=overlap,
+        dynamic=dynamic,
+        batch_size=batch_size,
+        multiple=multiple,
     )[0]
 
 
@@ -44,13 +53,24 @@ def restore():
     return TinyRestore(depth=OVERLAP, amount=0.3).eval()
 
 
-SIZES = [(1, 1), (TILE - 1, TILE - 1), (TILE + 1, TILE + 1), (37, 23), (3 * TILE + 5, 50), (1, 40), (40, 1), (2, 3)]
+SIZES = [
+    (1, 1),
+    (TILE - 1, TILE - 1),
+    (TILE + 1, TILE + 1),
+    (37, 23),
+    (3 * TILE + 5, 50),
+    (1, 40),
+    (40, 1),
+    (2, 3),
+]
 
 
 @pytest.mark.parametrize("dynamic", [False, True])
 @pytest.mark.parametrize("height,width", SIZES)
 def test_tiled_equals_untiled_scale2(sr, height, width, dynamic):
-    image = torch.rand(3, height, width, generator=torch.Generator().manual_seed(height * 1000 + width))
+    image = torch.rand(
+        3, height, width, generator=torch.Generator().manual_seed(height * 1000 + width)
+    )
     tiled = run_tiled(sr, image, scale=2, dynamic=dynamic)
     assert tiled.shape == (3, 2 * height, 2 * width)
     torch.testing.assert_close(tiled, untiled(sr, image, OVERLAP, 2), atol=2e-6, rtol=0)
@@ -58,7 +78,9 @@ def test_tiled_equals_untiled_scale2(sr, height, width, dynamic):
 
 @pytest.mark.parametrize("height,width", SIZES)
 def test_tiled_equals_untiled_scale1(restore, height, width):
-    image = torch.rand(3, height, width, generator=torch.Generator().manual_seed(height + 7 * width))
+    image = torch.rand(
+        3, height, width, generator=torch.Generator().manual_seed(height + 7 * width)
+    )
     tiled = run_tiled(restore, image, scale=1)
     assert tiled.shape == (3, height, width)
     torch.testing.assert_close(tiled, untiled(restore, image, OVERLAP, 1), atol=2e-6, rtol=0)
@@ -82,7 +104,9 @@ def test_no_measurable_seam(sr):
 
     starts = window_starts(130, TILE, OVERLAP, OVERLAP)[1:]
     seams = [2 * (s + OVERLAP) + k - 1 for s in starts for k in range(2 * OVERLAP)]
-    torch.testing.assert_close(edge_profile(tiled)[seams], edge_profile(reference)[seams], atol=1e-5, rtol=0)
+    torch.testing.assert_close(
+        edge_profile(tiled)[seams], edge_profile(reference)[seams], atol=1e-5, rtol=0
+    )
 
 
 def test_wider_model_stays_close():
@@ -113,8 +137,10 @@ def test_window_starts_cover_with_fixed_tiles():
     for length in range(1, 200):
         starts = window_starts(length, TILE, OVERLAP, OVERLAP)
         assert starts[0] == -OVERLAP
-        assert starts[-1] + TILE >= length + OVERLAP  # last window reaches past the image by the overlap
-        assert all(b - a <= TILE - 3 * OVERLAP for a, b in zip(starts, starts[1:]))
+        assert (
+            starts[-1] + TILE >= length + OVERLAP
+        )  # last window reaches past the image by the overlap
+        assert all(b - a <= TILE - 3 * OVERLAP for a, b in zip(starts, starts[1:], strict=False))
 
 
 def test_model_sees_only_tile_shapes_when_not_dynamic(sr):
@@ -138,7 +164,9 @@ def test_dynamic_small_images_use_small_windows(sr):
         with torch.no_grad():
             return sr(batch)
 
-    tiled_apply([torch.rand(3, 5, 9)], run, scale=2, tile=TILE, overlap=OVERLAP, dynamic=True, multiple=4)
+    tiled_apply(
+        [torch.rand(3, 5, 9)], run, scale=2, tile=TILE, overlap=OVERLAP, dynamic=True, multiple=4
+    )
     assert shapes == [(16, 20)]  # 5 + 2*4 -> 16, 9 + 2*4 -> 20: multiples of 4, not a whole tile
 
 
@@ -153,12 +181,14 @@ def test_batches_mix_images_and_match_single_runs(sr):
 
     together = tiled_apply(images, run, scale=2, tile=TILE, overlap=OVERLAP, batch_size=5)
     assert max(calls) == 5  # tiles of different images shared calls
-    for image, out in zip(images, together):
+    for image, out in zip(images, together, strict=False):
         alone = run_tiled(sr, image, scale=2, batch_size=1)
         torch.testing.assert_close(out, alone, atol=1e-6, rtol=0)
 
 
-@pytest.mark.parametrize("length,before,after", [(1, 3, 3), (2, 5, 4), (3, 10, 2), (7, 2, 9), (50, 4, 4)])
+@pytest.mark.parametrize(
+    "length,before,after", [(1, 3, 3), (2, 5, 4), (3, 10, 2), (7, 2, 9), (50, 4, 4)]
+)
 def test_reflect_indices_match_numpy(length, before, after):
     expected = np.pad(np.arange(length), (before, after), mode="reflect" if length > 1 else "edge")
     assert reflect_indices(length, before, after).tolist() == expected.tolist()

@@ -1,6 +1,6 @@
 """Tiny TorchScript models and cards made in code, for tests that must not need trained weights.
 
-``TinySR`` is a scale-2 model (nearest 2x plus a small learned residual through a PixelShuffle head),
+``TinySR`` is a scale-2 model (nearest 2x plus a small residual through a PixelShuffle head),
 ``TinyRestore`` a scale-1 one (identity plus a residual). Their receptive field is exactly ``depth``
 pixels (``depth`` 3x3 convolutions), so a card with ``overlap >= depth`` makes tiling exact.
 """
