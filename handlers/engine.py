@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 
 from card import ModelCard
-from errors import EnhanceError, OutOfMemory, PayloadTooLarge
+from errors import EnhanceError, InternalError, OutOfMemory, PayloadTooLarge
 from imaging import (
     CONTENT_TYPES,
     Picture,
@@ -178,7 +178,18 @@ class Enhancer:
             for job in jobs:
                 self.run([job])
             return
-        for job, color in zip(jobs, colors, strict=False):
+        except Exception:  # noqa: BLE001 - one request's fault must not fail the others
+            if len(jobs) == 1:
+                logger.exception("enhancing one request failed")
+                jobs[0].error = InternalError()
+                return
+            logger.exception(
+                "enhancing %d requests together failed; retrying one by one", len(jobs)
+            )
+            for job in jobs:
+                self.run([job])
+            return
+        for job, color in zip(jobs, colors, strict=True):
             job.color = color
 
     def _model_input(self, picture: Picture) -> torch.Tensor:
@@ -307,23 +318,37 @@ class Enhancer:
         self, requests: Sequence[tuple[bytes, Mapping[str, object]]]
     ) -> list[Result | EnhanceError]:
         """Several requests at once, sharing model calls; each gets its result or its own error."""
-        jobs: list[Job | EnhanceError] = []
-        for data, raw_options in requests:
-            try:
-                jobs.append(self.prepare(data, raw_options))
-            except EnhanceError as error:
-                jobs.append(error)
-        self.run([job for job in jobs if isinstance(job, Job)])
-        results: list[Result | EnhanceError] = []
-        for job in jobs:
-            if isinstance(job, EnhanceError):
-                results.append(job)
-                continue
-            try:
-                results.append(self.finish(job))
-            except EnhanceError as error:
-                results.append(error)
-        return results
+        items = [self.try_prepare(data, raw_options) for data, raw_options in requests]
+        self.run([item for item in items if isinstance(item, Job)])
+        return [self.try_finish(item) for item in items]
+
+    def try_prepare(
+        self, data: bytes, raw_options: Mapping[str, object] | None
+    ) -> Job | EnhanceError:
+        """``prepare``, returning the request's error instead of raising it.
+
+        A fault that is not an EnhanceError (a bug) is logged and becomes an InternalError (500)
+        for this request alone, so the other requests of a batch carry on.
+        """
+        try:
+            return self.prepare(data, raw_options)
+        except EnhanceError as error:
+            return error
+        except Exception:  # noqa: BLE001 - one request's fault must not fail the others
+            logger.exception("preparing a request failed")
+            return InternalError()
+
+    def try_finish(self, item: Job | EnhanceError) -> Result | EnhanceError:
+        """``finish`` for a job, or pass an error through; faults become InternalError as above."""
+        if isinstance(item, EnhanceError):
+            return item
+        try:
+            return self.finish(item)
+        except EnhanceError as error:
+            return error
+        except Exception:  # noqa: BLE001 - one request's fault must not fail the others
+            logger.exception("encoding a result failed")
+            return InternalError()
 
     def upscale(self, rgb: torch.Tensor, scale: float, *, tile: int | None = None) -> torch.Tensor:
         """Enhance a float RGB tensor (3, H, W) in [0, 1] by ``scale``, as the service does.

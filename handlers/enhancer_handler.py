@@ -58,12 +58,13 @@ class EnhancerHandler(BaseHandler):
         """
         items = []
         for idx, request in enumerate(data):
+            headers = self.context.get_all_request_header(idx)
             try:
-                headers = self.context.get_all_request_header(idx)
                 image, options = split_request(request, headers, self.settings.option_header_prefix)
-                items.append(self.enhancer.prepare(image, options))
             except EnhanceError as error:
                 items.append(error)
+                continue
+            items.append(self.enhancer.try_prepare(image, options))
         return items
 
     def inference(self, data, *args, **kwargs):
@@ -80,16 +81,15 @@ class EnhancerHandler(BaseHandler):
         """Encode each result, or answer its error, setting the per-request status and type."""
         responses = []
         for idx, item in enumerate(data):
-            try:
-                if isinstance(item, EnhanceError):
-                    raise item
-                result = self.enhancer.finish(item)
-            except EnhanceError as error:
-                logger.info("request %d refused: %d %s", idx, error.status, error.message)
-                self.context.set_response_status(error.status, HTTPStatus(error.status).phrase, idx)
+            result = self.enhancer.try_finish(item)
+            if isinstance(result, EnhanceError):
+                logger.info("request %d refused: %d %s", idx, result.status, result.message)
+                self.context.set_response_status(
+                    result.status, HTTPStatus(result.status).phrase, idx
+                )
                 self.context.set_response_content_type(idx, "application/json")
-                responses.append(error.to_json())
-                continue
-            self.context.set_response_content_type(idx, result.content_type)
-            responses.append(result.data)
+                responses.append(result.to_json())
+            else:
+                self.context.set_response_content_type(idx, result.content_type)
+                responses.append(result.data)
         return responses

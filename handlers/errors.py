@@ -58,3 +58,16 @@ class OutOfMemory(EnhanceError):
 
     status = 507
     kind = "InsufficientStorage"
+
+
+class InternalError(EnhanceError):
+    """500: a fault in the service itself, logged with its traceback; the other requests of a
+    batch carry on. The message says nothing about internals."""
+
+    status = 500
+    kind = "InternalServerError"
+
+    def __init__(
+        self, message: str = "internal error while enhancing the image; see the server log"
+    ):
+        super().__init__(message)

@@ -151,3 +151,28 @@ def test_other_model_errors_propagate(sr_model):
     enhancer.runner.model = broken
     with pytest.raises(RuntimeError, match="shape mismatch"):
         enhancer.upscale(torch.rand(3, 8, 8), 2)
+
+
+def test_a_fault_in_one_request_spares_the_others(sr_model, photo):
+    """A bug triggered by one image becomes that request's 500; the batch's others succeed."""
+    from PIL import Image
+
+    from conftest import encode
+    from errors import InternalError
+
+    enhancer = Enhancer.load(sr_model)
+    real = enhancer.runner.model
+
+    def picky(batch):
+        if bool((batch > 0.999).flatten(1).all(1).any()):  # any all-white tile
+            raise RuntimeError("kernel bug on saturated tiles")
+        return real(batch)
+
+    enhancer.runner.model = picky
+    white = encode(Image.new("RGB", (20, 20), "white"))
+    results = enhancer.enhance_batch(
+        [(encode(photo(30, 20)), {}), (white, {}), (encode(photo(9, 9)), {})]
+    )
+    assert isinstance(results[1], InternalError) and results[1].status == 500
+    assert "kernel bug" not in results[1].message  # internals stay in the log
+    assert [r.width for r in (results[0], results[2])] == [60, 18]
