@@ -130,18 +130,29 @@ class _Job:
 
 
 def tile_shape(
-    size: tuple[int, int], tile: int, overlap: int, multiple: int, dynamic: bool
+    size: tuple[int, int],
+    tile: int,
+    overlap: int,
+    multiple: int,
+    dynamic: bool,
+    blend: int | None = None,
 ) -> tuple[int, int]:
     """The (h, w) of the windows for an image of ``size`` (h, w).
 
-    A model traced at one shape always gets ``tile`` x ``tile``. A dynamic model gets smaller
-    windows when the image is small, rounded up to ``multiple``: a 40 x 30 photo costs 40 x 30.
+    A model traced at one shape always gets ``tile`` x ``tile``. A dynamic model gets balanced
+    windows: along each axis, as many windows as ``tile`` needs, each of the smallest size (a
+    multiple of ``multiple``, at most ``tile``) for which that many windows still cover the axis.
+    So a 40 x 30 photo costs 40 x 30 plus its context, and a 1000-pixel axis with tile 512 gets
+    two windows of about 520 rather than two of 512 that overlap by 24 more pixels than needed.
     """
     if not dynamic:
         return tile, tile
+    blend = overlap if blend is None else blend
 
     def side(n: int) -> int:
-        need = n + 2 * overlap
+        count = len(window_starts(n, tile, overlap, blend))
+        # count windows of side s, each 2*overlap+blend into the next, must span the padded axis
+        need = -(-(n + 2 * overlap + (count - 1) * (2 * overlap + blend)) // count)
         return min(tile, -(-need // multiple) * multiple)
 
     return side(size[0]), side(size[1])
@@ -179,7 +190,7 @@ def tiled_apply(
     jobs = []
     for image in images:
         channels, height, width = image.shape
-        th, tw = tile_shape((height, width), tile, overlap, multiple, dynamic)
+        th, tw = tile_shape((height, width), tile, overlap, multiple, dynamic, blend)
         ys = axis_spans(height, th, overlap, blend, scale, image.device)
         xs = axis_spans(width, tw, overlap, blend, scale, image.device)
         top, left = -ys[0].start, -xs[0].start

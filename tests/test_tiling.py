@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from conftest import photo_array
-from tiling import axis_spans, reflect_indices, tiled_apply, window_starts
+from tiling import axis_spans, reflect_indices, tile_shape, tiled_apply, window_starts
 from tiny_models import TinyRestore, TinySR
 
 TILE, OVERLAP = 32, 4
@@ -168,6 +168,31 @@ def test_dynamic_small_images_use_small_windows(sr):
         [torch.rand(3, 5, 9)], run, scale=2, tile=TILE, overlap=OVERLAP, dynamic=True, multiple=4
     )
     assert shapes == [(16, 20)]  # 5 + 2*4 -> 16, 9 + 2*4 -> 20: multiples of 4, not a whole tile
+
+
+@pytest.mark.parametrize("length", [1, 17, 40, 41, 100, 257, 500, 1000, 1151, 2304])
+@pytest.mark.parametrize("tile,multiple", [(32, 4), (64, 8), (256, 8), (1024, 8)])
+def test_balanced_windows_are_the_smallest_that_keep_the_window_count(length, tile, multiple):
+    side = tile_shape((length, length), tile, OVERLAP, multiple, dynamic=True)[0]
+    assert side % multiple == 0 and side <= tile
+    count = len(window_starts(length, tile, OVERLAP, OVERLAP))
+    assert len(window_starts(length, side, OVERLAP, OVERLAP)) == count  # no extra window
+    if side - multiple > 3 * OVERLAP:  # one multiple smaller would need another window
+        assert len(window_starts(length, side - multiple, OVERLAP, OVERLAP)) > count
+
+
+def test_balanced_windows_still_equal_untiled(sr):
+    image = torch.rand(3, 70, 45)
+    shapes = []
+
+    def run(batch):
+        shapes.append(tuple(batch.shape[-2:]))
+        with torch.no_grad():
+            return sr(batch).clamp(0, 1)
+
+    (out,) = tiled_apply([image], run, scale=2, tile=TILE, overlap=OVERLAP, dynamic=True)
+    assert all(h <= TILE and w <= TILE for h, w in shapes) and len(shapes) > 1
+    torch.testing.assert_close(out, untiled(sr, image, OVERLAP, 2), atol=2e-6, rtol=0)
 
 
 def test_batches_mix_images_and_match_single_runs(sr):
