@@ -12,12 +12,13 @@ from PIL import Image
 
 TESTS = Path(__file__).parent
 sys.path.insert(0, str(TESTS))  # tiny_models and other test helpers import flat
+pytest_plugins = ["servers"]  # real TorchServe fixtures: tests/servers.py
 
 from tiny_models import tiny_restore, tiny_sr  # noqa: E402
 
 
 def photo_array(width: int, height: int, seed: int = 0) -> np.ndarray:
-    """A photo-like (height, width, 3) uint8 array: smooth colour gradients, edges and fine texture."""
+    """A photo-like (height, width, 3) uint8 array: smooth gradients, edges and fine texture."""
     rng = np.random.default_rng(seed)
     y, x = np.mgrid[0:height, 0:width].astype(np.float32)
     r = 0.5 + 0.4 * np.sin(x / max(width, 1) * 3.1 + 0.3)
@@ -83,7 +84,9 @@ class FakeContext:
         headers: per request, the request properties TorchServe would pass (header name -> value).
     """
 
-    def __init__(self, model_dir: Path, handler_config: dict | None = None, headers: list[dict] | None = None):
+    def __init__(
+        self, model_dir: Path, handler_config: dict | None = None, headers: list[dict] | None = None
+    ):
         self.system_properties = {"model_dir": str(model_dir), "gpu_id": None, "batch_size": 4}
         self.manifest = {"model": {"serializedFile": "enhancer.pt", "modelName": "enhancer"}}
         self.model_yaml_config = {"handler": handler_config or {}}
@@ -112,7 +115,7 @@ class _FakeMetrics:
 
 @pytest.fixture
 def fake_context(model_dir):
-    """Factory: fake_context(handler_config=None, headers=None) -> FakeContext over the tiny model."""
+    """Factory: fake_context(handler_config=None, headers=None) -> FakeContext (tiny model)."""
 
     def make(handler_config: dict | None = None, headers: list[dict] | None = None) -> FakeContext:
         return FakeContext(model_dir, handler_config, headers)

@@ -1,0 +1,131 @@
+"""scripts/archive.py: what the .mar holds, when it is rebuilt, and what it refuses to build."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import zipfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from card import ModelCard
+from scripts import archive
+
+
+@pytest.fixture
+def model(tmp_path, sr_model) -> Path:
+    """A private copy of the tiny model and its card (tests touch and alter them)."""
+    folder = tmp_path / "model"
+    folder.mkdir()
+    shutil.copy(sr_model, folder / "enhancer.pt")
+    shutil.copy(sr_model.with_suffix(".json"), folder / "enhancer.json")
+    return folder / "enhancer.pt"
+
+
+def members(mar: Path) -> dict[str, bytes]:
+    with zipfile.ZipFile(mar) as z:
+        return {name: z.read(name) for name in z.namelist()}
+
+
+@pytest.mark.parametrize("store", [False, True])
+def test_archive_holds_handler_engine_card_and_config(tmp_path, model, store):
+    mar = archive.build_archive(model, export_path=tmp_path / "store", store=store)
+    assert mar == tmp_path / "store" / "enhancer.mar"
+    files = members(mar)
+    engine = {p.name for p in archive.HANDLERS.glob("*.py")}
+    assert engine <= set(files)  # the handler and every engine module, flat
+    for name in engine:
+        assert files[name] == (archive.HANDLERS / name).read_bytes()
+    assert files["enhancer.pt"] == model.read_bytes()
+    assert files["enhancer.json"] == model.with_suffix(".json").read_bytes()
+    assert yaml.safe_load(files["model-config.yaml"]) == yaml.safe_load(
+        archive.MODEL_CONFIG.read_text()
+    )
+    manifest = json.loads(files["MAR-INF/MANIFEST.json"])["model"]
+    assert manifest["modelName"] == "enhancer"
+    assert manifest["handler"] == "enhancer_handler.py"
+    assert manifest["serializedFile"] == "enhancer.pt"
+    assert manifest["modelVersion"] == ModelCard.load(model.with_suffix(".json")).version
+    with zipfile.ZipFile(mar) as z:
+        kinds = {info.compress_type for info in z.infolist()}
+    assert kinds == ({zipfile.ZIP_STORED} if store else {zipfile.ZIP_DEFLATED})
+
+
+def test_name_and_version_flags(tmp_path, model):
+    mar = archive.build_archive(model, name="sharp", version="7.1", export_path=tmp_path)
+    assert mar.name == "sharp.mar"
+    manifest = json.loads(members(mar)["MAR-INF/MANIFEST.json"])["model"]
+    assert (manifest["modelName"], manifest["modelVersion"]) == ("sharp", "7.1")
+
+
+def test_rebuilds_only_when_an_input_changes(tmp_path, model):
+    mar = archive.build_archive(model, export_path=tmp_path)
+    built = mar.stat().st_mtime_ns
+    assert not archive.is_stale(mar, model)
+    assert archive.build_archive(model, export_path=tmp_path).stat().st_mtime_ns == built
+
+    earlier = mar.stat().st_mtime - 60
+    os.utime(mar, (earlier, earlier))  # so the card is now newer than the archive
+    assert archive.is_stale(mar, model)
+    archive.build_archive(model, export_path=tmp_path)
+    assert not archive.is_stale(mar, model)
+
+    assert (
+        archive.build_archive(model, export_path=tmp_path, force=True).stat().st_mtime_ns != built
+    )
+
+
+def test_stale_when_contents_differ_even_if_older(tmp_path, model):
+    """Another model, config, name or version than the archive holds: rebuild, mtimes aside."""
+    mar = archive.build_archive(model, export_path=tmp_path)
+    other_config = tmp_path / "model-config.yaml"
+    other_config.write_text(
+        archive.MODEL_CONFIG.read_text().replace("batchSize: 4", "batchSize: 1")
+    )
+    os.utime(other_config, (0, 0))
+    assert archive.is_stale(mar, model, config_file=other_config)
+    assert archive.is_stale(mar, model, name="other")
+    assert archive.is_stale(mar, model, version="9.9")
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(model, other / "restore.pt")
+    shutil.copy(model.with_suffix(".json"), other / "restore.json")
+    os.utime(other / "restore.pt", (0, 0))
+    os.utime(other / "restore.json", (0, 0))
+    assert archive.is_stale(mar, other / "restore.pt")
+
+
+def test_refuses_a_card_that_does_not_match_the_model(tmp_path, model):
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    model.write_bytes(bytes(data))
+    with pytest.raises(archive.ArchiveError, match="does not match its card"):
+        archive.build_archive(model, export_path=tmp_path / "store")
+    assert not (tmp_path / "store" / "enhancer.mar").exists()
+
+
+def test_refuses_a_model_without_its_card(tmp_path, model):
+    model.with_suffix(".json").unlink()
+    with pytest.raises(archive.ArchiveError, match=r"enhancer\.json not found"):
+        archive.build_archive(model, export_path=tmp_path)
+
+
+def test_command_line_lists_contents_and_sha256(tmp_path, model, capsys):
+    assert archive.main(["--model", str(model), "--export-path", str(tmp_path), "--store"]) == 0
+    out = capsys.readouterr().out
+    mar = tmp_path / "enhancer.mar"
+    assert f"archive: built: {mar}" in out
+    assert "enhancer_handler.py" in out and "model-config.yaml" in out and "enhancer.json" in out
+    assert f"sha256 {archive.file_digest(mar)}  enhancer.mar" in out
+    assert archive.main(["--model", str(model), "--export-path", str(tmp_path)]) == 0
+    assert "archive: up to date" in capsys.readouterr().out
+
+
+def test_command_line_reports_a_missing_model(tmp_path, capsys):
+    assert (
+        archive.main(["--model", str(tmp_path / "nothing.pt"), "--export-path", str(tmp_path)]) == 1
+    )
+    assert "nothing.pt not found" in capsys.readouterr().err
