@@ -1,0 +1,64 @@
+"""The Image Enhancer page: a Flask app in front of TorchServe.
+
+    flask --app frontend run --debug                      # development only
+    gunicorn -k gthread -b 127.0.0.1:5000 'frontend:create_app()'   # what scripts/page.py runs
+
+Settings come from ``FLASK_``-prefixed environment variables (``FLASK_TORCHSERVE_URL=...``,
+``FLASK_READ_TIMEOUT=120``; values are parsed as JSON where they can be), or from ``test_config``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from flask import Flask
+
+from . import views
+from .security import InMemoryRequest
+from .torchserve_client import TorchServeClient
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def create_app(test_config: dict | None = None) -> Flask:
+    """Create and configure the page's Flask app."""
+    app = Flask(__name__)
+    app.request_class = InMemoryRequest
+    app.config.from_mapping(
+        # TorchServe, as `make run` starts it (config.properties, run folder .run/).
+        TORCHSERVE_URL="http://127.0.0.1:8080",
+        TORCHSERVE_MANAGEMENT_URL="http://127.0.0.1:8081",
+        MODEL_NAME="enhancer",
+        KEY_FILE=str(REPO / ".run" / "key_file.json"),
+        OPTION_HEADER_PREFIX="X-Enhance-",
+        # Seconds. READ_TIMEOUT stays above the model's responseTimeout (300 s in
+        # handlers/model-config.yaml) so that TorchServe's own timeout answers first.
+        CONNECT_TIMEOUT=3.0,
+        READ_TIMEOUT=310.0,
+        STATUS_TIMEOUT=5.0,
+        RETRY_AFTER=10,
+        # Uploads: one image of up to 50 MiB, a few option fields, nothing else.
+        MAX_CONTENT_LENGTH=50 * 1024 * 1024,
+        MAX_FORM_PARTS=16,
+        MAX_FORM_MEMORY_SIZE=64 * 1024,
+    )
+    if test_config is None:
+        app.config.from_prefixed_env()
+    else:
+        app.config.from_mapping(test_config)
+
+    _log_through_gunicorn()
+    app.extensions["torchserve"] = TorchServeClient.from_config(app.config)
+    app.register_blueprint(views.bp)
+    return app
+
+
+def _log_through_gunicorn() -> None:
+    # Under gunicorn, write the page's log lines (key rotations, backend failures) to its error log.
+    gunicorn = logging.getLogger("gunicorn.error")
+    if gunicorn.handlers:
+        ours = logging.getLogger(__name__)
+        ours.handlers = gunicorn.handlers
+        ours.setLevel(logging.INFO)
+        ours.propagate = False

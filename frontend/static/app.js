@@ -1,0 +1,504 @@
+// The Image Enhancer page: a queue of photos sent one by one (two at a time) to /enhance, each
+// result shown in a before/after comparison with zoom, and downloaded singly or all as a zip.
+// Plain modern JavaScript, no libraries, no build step; served from the app itself (the CSP allows
+// only scripts from this origin, so nothing here may be inline or come from a CDN).
+'use strict';
+
+(() => {
+  const config = JSON.parse(document.getElementById('page-config').textContent);
+
+  // Two requests in flight: one uploads or downloads while the other is being enhanced.
+  const CONCURRENCY = 2;
+  // A busy service (503 ServiceBusy) is asked again this many times, after its Retry-After.
+  const BUSY_RETRIES = 2;
+  const ZOOMS = [0, 1, 2]; // 0 = fit; otherwise CSS pixels per output pixel
+  const EXTENSIONS = { 'image/png': 'png', 'image/jpeg': 'jpg', 'image/webp': 'webp' };
+  // What went wrong, in words, by the JSON error's type; the server's message follows it.
+  const LABELS = {
+    PayloadTooLarge: 'Too large',
+    UnsupportedMediaType: 'Not an image',
+    BadRequest: 'Cannot process this file',
+    Forbidden: 'Refused',
+    ServiceBusy: 'Service busy',
+    ServiceUnavailable: 'Service down',
+    BadGateway: 'The service failed',
+    GatewayTimeout: 'Timed out',
+    InternalServerError: 'Page error',
+    Network: 'Connection failed',
+  };
+  const TYPES_BY_STATUS = {
+    400: 'BadRequest', 403: 'Forbidden', 413: 'PayloadTooLarge', 415: 'UnsupportedMediaType',
+    500: 'InternalServerError', 502: 'BadGateway', 503: 'ServiceUnavailable', 504: 'GatewayTimeout',
+  };
+  const ACTIVE = new Set(['uploading', 'processing', 'downloading']);
+
+  const dropzone = document.getElementById('dropzone');
+  const fileInput = document.getElementById('file-input');
+  const queue = document.getElementById('queue');
+  const queueEmpty = document.getElementById('queue-empty');
+  const template = document.getElementById('item-template');
+  const downloadAll = document.getElementById('download-all');
+  const clearDone = document.getElementById('clear-done');
+  const optionsForm = document.getElementById('options');
+  const quality = document.getElementById('opt-quality');
+  const qualityValue = document.getElementById('quality-value');
+  const format = document.getElementById('opt-format');
+  const service = document.getElementById('service');
+
+  const items = [];
+
+  // -- adding photos ------------------------------------------------------------------------------
+
+  dropzone.addEventListener('click', () => fileInput.click());
+  fileInput.addEventListener('change', () => {
+    addFiles(fileInput.files);
+    fileInput.value = ''; // choosing the same file again must fire 'change' again
+  });
+
+  const hasFiles = (event) => event.dataTransfer && Array.from(event.dataTransfer.types).includes('Files');
+  // The whole window is a drop target: a photo dropped beside the zone must not replace the page.
+  document.addEventListener('dragover', (event) => {
+    if (!hasFiles(event)) return;
+    event.preventDefault();
+    event.dataTransfer.dropEffect = 'copy';
+    dropzone.classList.add('dragging');
+  });
+  document.addEventListener('dragleave', (event) => {
+    if (!event.relatedTarget) dropzone.classList.remove('dragging');
+  });
+  document.addEventListener('drop', (event) => {
+    if (!hasFiles(event)) return;
+    event.preventDefault();
+    dropzone.classList.remove('dragging');
+    addFiles(event.dataTransfer.files);
+  });
+  document.addEventListener('paste', (event) => {
+    const files = event.clipboardData ? Array.from(event.clipboardData.files) : [];
+    if (files.length) {
+      event.preventDefault();
+      addFiles(files);
+    }
+  });
+
+  function addFiles(fileList) {
+    for (const file of Array.from(fileList)) {
+      const item = createItem(file);
+      items.push(item);
+      queue.append(item.el);
+      if (file.size > config.maxBytes) {
+        fail(item, 'PayloadTooLarge', `The file is ${formatBytes(file.size)}; the limit is ${config.maxText}.`);
+      }
+    }
+    refreshQueue();
+    pump();
+  }
+
+  // -- options ------------------------------------------------------------------------------------
+
+  function currentOptions() {
+    const data = new FormData(optionsForm);
+    const options = { scale: data.get('scale'), format: data.get('format') };
+    if (options.format !== 'png') options.quality = data.get('quality');
+    return options;
+  }
+
+  function syncQuality() {
+    qualityValue.textContent = quality.value;
+    quality.disabled = format.value === 'png';
+  }
+  quality.addEventListener('input', syncQuality);
+  format.addEventListener('change', syncQuality);
+  syncQuality();
+
+  // -- one queue item -----------------------------------------------------------------------------
+
+  function createItem(file) {
+    const el = template.content.firstElementChild.cloneNode(true);
+    const part = (selector) => el.querySelector(selector);
+    const item = {
+      file,
+      el,
+      state: 'queued',
+      options: currentOptions(),
+      retries: 0,
+      xhr: null,
+      input: { url: URL.createObjectURL(file), width: 0, height: 0 },
+      result: null,
+      zoom: 0,
+      parts: {
+        name: part('.name'), sizes: part('.sizes'), statusText: part('.status-text'), progress: part('.progress'),
+        error: part('.error'), result: part('.result'), viewport: part('.viewport'), stage: part('.stage'),
+        before: part('.before'), after: part('.after'), split: part('.split'), zoom: part('.zoom'),
+        download: part('.download'), remove: part('.remove'), retry: part('.retry'),
+      },
+    };
+    // Names are shown as text, never as markup: a file may be called "<img src=x onerror=...>.png".
+    item.parts.name.textContent = file.name || 'pasted image';
+    item.parts.name.title = file.name || '';
+    item.parts.remove.setAttribute('aria-label', `Remove ${file.name || 'pasted image'}`);
+    showSizes(item);
+    setStatus(item, 'queued', 'Waiting', null);
+
+    // The original's pixel size, if this browser can decode it (the service decides either way).
+    const probe = new Image();
+    probe.src = item.input.url;
+    probe.decode().then(() => {
+      item.input.width = probe.naturalWidth;
+      item.input.height = probe.naturalHeight;
+      showSizes(item);
+    }, () => {});
+
+    item.parts.remove.addEventListener('click', () => removeItem(item));
+    item.parts.retry.addEventListener('click', () => {
+      item.options = currentOptions();
+      item.retries = 0;
+      item.parts.error.hidden = true;
+      item.parts.retry.hidden = true;
+      setStatus(item, 'queued', 'Waiting', null);
+      pump();
+    });
+    item.parts.split.addEventListener('input', () => setSplit(item, item.parts.split.value));
+    item.parts.zoom.addEventListener('click', () => setZoom(item, ZOOMS[(ZOOMS.indexOf(item.zoom) + 1) % ZOOMS.length]));
+    item.parts.viewport.addEventListener('keydown', (event) => {
+      if (event.key === '+' || event.key === '=') setZoom(item, Math.min(item.zoom + 1, ZOOMS[ZOOMS.length - 1]));
+      else if (event.key === '-') setZoom(item, Math.max(item.zoom - 1, 0));
+      else return;
+      event.preventDefault();
+    });
+    // Pointer on the picture moves the split too (the range input is the keyboard's way).
+    const follow = (event) => {
+      if (event.type === 'pointermove' && !(event.buttons & 1)) return;
+      const box = item.parts.stage.getBoundingClientRect();
+      const percent = Math.round(((event.clientX - box.left) / box.width) * 100);
+      item.parts.split.value = String(Math.min(100, Math.max(0, percent)));
+      setSplit(item, item.parts.split.value);
+    };
+    item.parts.stage.addEventListener('pointerdown', follow);
+    item.parts.stage.addEventListener('pointermove', follow);
+    return item;
+  }
+
+  function setStatus(item, state, text, percent) {
+    item.state = state;
+    item.el.dataset.state = state;
+    item.parts.statusText.textContent = text;
+    const bar = item.parts.progress;
+    bar.hidden = state === 'done' || state === 'error';
+    if (percent === null) bar.removeAttribute('value'); // indeterminate
+    else bar.value = percent;
+    refreshQueue();
+  }
+
+  function fail(item, type, message) {
+    const label = LABELS[type] || 'Failed';
+    setStatus(item, 'error', 'Failed', null);
+    item.parts.error.textContent = `${label}: ${message}`;
+    item.parts.error.dataset.type = type;
+    item.parts.error.hidden = false;
+    // Trying the same file again only helps when the service or the options were the problem.
+    const hopeless = type === 'UnsupportedMediaType' || type === 'Forbidden'
+      || (type === 'PayloadTooLarge' && item.file.size > config.maxBytes);
+    item.parts.retry.hidden = hopeless;
+  }
+
+  function showSizes(item) {
+    const input = item.input.width ? `${item.input.width}×${item.input.height} px, ` : '';
+    let text = `${input}${formatBytes(item.file.size)}`;
+    if (item.result) {
+      const kind = (EXTENSIONS[item.result.type] || '').toUpperCase();
+      text += ` → ${item.result.width}×${item.result.height} px, ${formatBytes(item.result.blob.size)} ${kind}`;
+    }
+    item.parts.sizes.textContent = text;
+  }
+
+  function removeItem(item) {
+    if (item.xhr) item.xhr.abort();
+    URL.revokeObjectURL(item.input.url);
+    if (item.result) URL.revokeObjectURL(item.result.url);
+    items.splice(items.indexOf(item), 1);
+    item.el.remove();
+    item.state = 'removed';
+    refreshQueue();
+    pump();
+  }
+
+  function refreshQueue() {
+    queueEmpty.hidden = items.length > 0;
+    downloadAll.disabled = !items.some((item) => item.state === 'done');
+    clearDone.disabled = !items.some((item) => item.state === 'done' || item.state === 'error');
+  }
+
+  // -- sending ------------------------------------------------------------------------------------
+
+  function pump() {
+    let active = items.filter((item) => ACTIVE.has(item.state)).length;
+    for (const item of items) {
+      if (active >= CONCURRENCY) break;
+      if (item.state === 'queued') {
+        send(item);
+        active += 1;
+      }
+    }
+  }
+
+  function send(item) {
+    const form = new FormData();
+    // The name stays on this computer; the server identifies the image by its bytes anyway.
+    form.append('image', item.file, 'upload');
+    for (const [name, value] of Object.entries(item.options)) form.append(name, value);
+    const xhr = new XMLHttpRequest();
+    item.xhr = xhr;
+    xhr.open('POST', config.enhanceUrl);
+    xhr.responseType = 'blob';
+    xhr.upload.addEventListener('progress', (event) => {
+      if (event.lengthComputable) {
+        const percent = Math.floor((event.loaded / event.total) * 100);
+        setStatus(item, 'uploading', `Uploading ${percent}%`, percent);
+      }
+    });
+    xhr.upload.addEventListener('load', () => setStatus(item, 'processing', 'Enhancing…', null));
+    xhr.addEventListener('progress', (event) => {
+      if (xhr.status === 200 && event.lengthComputable) {
+        const percent = Math.floor((event.loaded / event.total) * 100);
+        setStatus(item, 'downloading', `Downloading ${percent}%`, percent);
+      }
+    });
+    xhr.addEventListener('load', () => {
+      item.xhr = null;
+      received(item, xhr).finally(pump);
+    });
+    xhr.addEventListener('error', () => {
+      item.xhr = null;
+      fail(item, 'Network', "The connection to the page's server broke off. Check the connection and try again.");
+      checkHealth();
+      pump();
+    });
+    setStatus(item, 'uploading', 'Uploading 0%', 0);
+    item.started = performance.now();
+    xhr.send(form);
+  }
+
+  async function received(item, xhr) {
+    if (item.state === 'removed') return;
+    if (xhr.status === 200) {
+      await showResult(item, xhr.response, (xhr.getResponseHeader('Content-Type') || '').split(';')[0]);
+      return;
+    }
+    let body = null;
+    try {
+      body = JSON.parse(await xhr.response.text());
+    } catch (error) {
+      body = null; // a proxy's HTML error page, say: fall back to the status
+    }
+    const type = (body && body.type) || TYPES_BY_STATUS[xhr.status] || 'BadGateway';
+    const message = (body && body.message) || `The server answered ${xhr.status}.`;
+    if (type === 'ServiceBusy' && item.retries < BUSY_RETRIES) {
+      item.retries += 1;
+      const wait = Math.min(Number(xhr.getResponseHeader('Retry-After')) || 5, 60);
+      setStatus(item, 'waiting', `Service busy: trying again in ${wait} s…`, null);
+      setTimeout(() => {
+        if (item.state === 'waiting') {
+          setStatus(item, 'queued', 'Waiting', null);
+          pump();
+        }
+      }, wait * 1000);
+      return;
+    }
+    fail(item, type, type === 'ServiceBusy' ? `${message} Try again in a minute.` : message);
+    if (type === 'ServiceUnavailable' || type === 'BadGateway') checkHealth();
+  }
+
+  async function showResult(item, blob, type) {
+    const url = URL.createObjectURL(blob);
+    const after = item.parts.after;
+    after.src = url;
+    try {
+      await after.decode();
+    } catch (error) {
+      URL.revokeObjectURL(url);
+      fail(item, 'BadGateway', 'The result could not be shown: it is not an image this browser can read.');
+      return;
+    }
+    item.result = { blob, url, type, width: after.naturalWidth, height: after.naturalHeight };
+    item.parts.before.src = item.input.url;
+    item.parts.before.addEventListener('error', () => { item.parts.before.hidden = true; });
+    const stage = item.parts.stage;
+    stage.style.aspectRatio = `${item.result.width} / ${item.result.height}`;
+    stage.style.setProperty('--ratio', String(item.result.width / item.result.height));
+    stage.style.setProperty('--natural', `${item.result.width}px`);
+    setSplit(item, item.parts.split.value);
+    setZoom(item, 0);
+    const link = item.parts.download;
+    link.href = url;
+    link.download = resultName(item);
+    link.setAttribute('aria-label', `Download ${link.download}`);
+    item.parts.result.hidden = false;
+    showSizes(item);
+    const seconds = ((performance.now() - item.started) / 1000).toFixed(1);
+    setStatus(item, 'done', `Done in ${seconds} s`, null);
+    if (service.dataset.state !== 'ready') checkHealth(); // it works again: say so
+  }
+
+  function setSplit(item, value) {
+    item.parts.stage.style.setProperty('--split', `${value}%`);
+    item.parts.split.setAttribute('aria-valuetext', `${value}% original, ${100 - value}% enhanced`);
+  }
+
+  function setZoom(item, zoom) {
+    item.zoom = zoom;
+    const stage = item.parts.stage;
+    stage.classList.toggle('fit', zoom === 0);
+    stage.style.width = zoom === 0 || !item.result ? '' : `${item.result.width * zoom}px`;
+    item.parts.zoom.textContent = zoom === 0 ? 'Zoom: fit' : `Zoom: ${zoom * 100}%`;
+    item.parts.zoom.setAttribute('aria-label', zoom === 0
+      ? 'Zoom: fit to width. Press for 100%.'
+      : `Zoom: ${zoom * 100}%. Press for ${zoom === ZOOMS[ZOOMS.length - 1] ? 'fit' : `${(zoom + 1) * 100}%`}.`);
+    item.el.dataset.zoom = String(zoom);
+  }
+
+  function resultName(item) {
+    const stem = (item.file.name || 'pasted').replace(/\.[^.]*$/, '').replace(/[^\w.-]+/g, '_').slice(0, 80) || 'image';
+    const ext = EXTENSIONS[item.result.type] || 'png';
+    return `${stem}-x${item.options.scale}.${ext}`;
+  }
+
+  // -- download all, clear ------------------------------------------------------------------------
+
+  downloadAll.addEventListener('click', async () => {
+    const done = items.filter((item) => item.state === 'done');
+    const used = new Set();
+    const entries = done.map((item) => {
+      let name = resultName(item);
+      for (let n = 2; used.has(name); n += 1) name = resultName(item).replace(/(\.[^.]*)$/, `-${n}$1`);
+      used.add(name);
+      return { name, blob: item.result.blob };
+    });
+    downloadAll.disabled = true;
+    try {
+      const zip = await makeZip(entries);
+      const link = document.createElement('a');
+      link.href = URL.createObjectURL(zip);
+      link.download = 'enhanced-photos.zip';
+      document.body.append(link);
+      link.click();
+      link.remove();
+      setTimeout(() => URL.revokeObjectURL(link.href), 60000);
+    } catch (error) {
+      service.textContent = `Could not make the zip: ${error.message}`;
+    } finally {
+      refreshQueue();
+    }
+  });
+
+  clearDone.addEventListener('click', () => {
+    for (const item of items.filter((it) => it.state === 'done' || it.state === 'error')) removeItem(item);
+  });
+
+  // -- a minimal ZIP writer: stored entries (images are compressed already), CRC-32, UTF-8 names ---
+
+  const CRC_TABLE = (() => {
+    const table = new Uint32Array(256);
+    for (let n = 0; n < 256; n += 1) {
+      let c = n;
+      for (let k = 0; k < 8; k += 1) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
+      table[n] = c >>> 0;
+    }
+    return table;
+  })();
+
+  function crc32(bytes) {
+    let c = 0xffffffff;
+    for (let i = 0; i < bytes.length; i += 1) c = CRC_TABLE[(c ^ bytes[i]) & 0xff] ^ (c >>> 8);
+    return (c ^ 0xffffffff) >>> 0;
+  }
+
+  function dosDateTime(date) {
+    return {
+      time: (date.getHours() << 11) | (date.getMinutes() << 5) | (date.getSeconds() >> 1),
+      date: ((date.getFullYear() - 1980) << 9) | ((date.getMonth() + 1) << 5) | date.getDate(),
+    };
+  }
+
+  async function makeZip(entries) {
+    const encoder = new TextEncoder();
+    const { time, date } = dosDateTime(new Date());
+    const parts = [];
+    const directory = [];
+    let offset = 0;
+    for (const { name, blob } of entries) {
+      const data = new Uint8Array(await blob.arrayBuffer());
+      const nameBytes = encoder.encode(name);
+      const crc = crc32(data);
+      const local = new DataView(new ArrayBuffer(30));
+      local.setUint32(0, 0x04034b50, true); // local file header
+      local.setUint16(4, 20, true); // version needed: 2.0
+      local.setUint16(6, 0x0800, true); // flags: names are UTF-8
+      local.setUint16(8, 0, true); // method: stored
+      local.setUint16(10, time, true);
+      local.setUint16(12, date, true);
+      local.setUint32(14, crc, true);
+      local.setUint32(18, data.length, true); // compressed size
+      local.setUint32(22, data.length, true); // size
+      local.setUint16(26, nameBytes.length, true);
+      local.setUint16(28, 0, true); // extra field length
+      parts.push(local, nameBytes, data);
+
+      const central = new DataView(new ArrayBuffer(46));
+      central.setUint32(0, 0x02014b50, true); // central directory header
+      central.setUint16(4, 20, true); // version made by
+      central.setUint16(6, 20, true); // version needed
+      central.setUint16(8, 0x0800, true);
+      central.setUint16(10, 0, true);
+      central.setUint16(12, time, true);
+      central.setUint16(14, date, true);
+      central.setUint32(16, crc, true);
+      central.setUint32(20, data.length, true);
+      central.setUint32(24, data.length, true);
+      central.setUint16(28, nameBytes.length, true);
+      // extra length, comment length, disk number, internal and external attributes: all 0
+      central.setUint32(42, offset, true); // where the local header is
+      directory.push(central, nameBytes);
+      offset += 30 + nameBytes.length + data.length;
+      if (offset >= 0xffffffff || entries.length >= 0xffff) throw new Error('too much for a zip without ZIP64');
+    }
+    const directorySize = directory.reduce((total, part) => total + part.byteLength, 0);
+    const end = new DataView(new ArrayBuffer(22));
+    end.setUint32(0, 0x06054b50, true); // end of central directory
+    end.setUint16(8, entries.length, true); // entries on this disk
+    end.setUint16(10, entries.length, true); // entries in all
+    end.setUint32(12, directorySize, true);
+    end.setUint32(16, offset, true); // where the directory starts
+    return new Blob([...parts, ...directory, end], { type: 'application/zip' });
+  }
+
+  // -- the service's health -----------------------------------------------------------------------
+
+  async function checkHealth() {
+    let state = 'down';
+    let text = "Service down: the page's server does not answer.";
+    try {
+      const response = await fetch(config.healthUrl, { cache: 'no-store' });
+      const report = await response.json();
+      if (response.ok) {
+        state = 'ready';
+        text = 'Service ready.';
+      } else {
+        text = `Service down: ${report.message || 'not ready'}`;
+      }
+    } catch (error) {
+      // keep the default text
+    }
+    service.dataset.state = state;
+    service.textContent = text;
+  }
+  checkHealth();
+  setInterval(() => { if (document.visibilityState === 'visible') checkHealth(); }, 30000);
+
+  function formatBytes(bytes) {
+    if (bytes < 1024) return `${bytes} B`;
+    if (bytes < 1024 * 1024) return `${(bytes / 1024).toFixed(1)} KB`;
+    return `${(bytes / (1024 * 1024)).toFixed(1)} MB`;
+  }
+
+  refreshQueue();
+})();

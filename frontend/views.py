@@ -1,0 +1,205 @@
+"""The page's routes: the page itself, the upload endpoint and the health check.
+
+Nothing here reaches TorchServe except through ``torchserve_client``; the browser never sees
+TorchServe's address, its keys, or its management and metrics ports.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    current_app,
+    jsonify,
+    render_template,
+    request,
+    url_for,
+)
+from werkzeug.exceptions import HTTPException
+
+from .security import ALLOWED_TEXT, SECURITY_HEADERS, cross_site, sniff_image
+from .torchserve_client import TorchServeClient, TorchServeError
+
+logger = logging.getLogger(__name__)
+
+bp = Blueprint("main", __name__)
+
+IMAGE_FIELD = "image"
+OPTION_NAMES = ("scale", "format", "quality", "strength")
+# Option values are numbers or format names; the handler checks their ranges. This keeps anything
+# else (header injection, long strings) from going on to TorchServe as a header.
+_OPTION_VALUE = re.compile(r"[A-Za-z0-9.+-]{1,16}")
+# The scales the page offers; the API takes any value from 1 to 8.
+SCALES = (1, 1.5, 2, 3, 4, 6, 8)
+FORMATS = (("auto", "Same as input"), ("png", "PNG"), ("jpeg", "JPEG"), ("webp", "WebP"))
+# JSON "type" for the page's own HTTP errors (the service's types for the rest).
+_TYPES = {
+    400: "BadRequest",
+    403: "Forbidden",
+    404: "NotFound",
+    405: "MethodNotAllowed",
+    413: "PayloadTooLarge",
+    415: "UnsupportedMediaType",
+}
+
+
+def _client() -> TorchServeClient:
+    return current_app.extensions["torchserve"]
+
+
+def error_response(
+    status: int, kind: str, message: str, retry_after: int | None = None
+) -> Response:
+    """A JSON error shaped like the service's own: ``{"code", "type", "message"}``."""
+    response = jsonify(code=status, type=kind, message=message)
+    response.status_code = status
+    if retry_after:
+        response.headers["Retry-After"] = str(retry_after)
+    return response
+
+
+@bp.before_app_request
+def refuse_cross_site():
+    """Refuse state-changing requests that another site's page makes a visitor's browser send."""
+    if request.method not in ("GET", "HEAD", "OPTIONS") and cross_site(request):
+        logger.info("refused a cross-site %s %s", request.method, request.path)
+        abort(403, "Requests from other sites are not accepted.")
+
+
+@bp.after_app_request
+def add_security_headers(response: Response) -> Response:
+    """Put the CSP, nosniff and friends on every response; keep dynamic answers out of caches."""
+    for name, value in SECURITY_HEADERS.items():
+        response.headers.setdefault(name, value)
+    if request.endpoint != "static":
+        response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+@bp.app_errorhandler(HTTPException)
+def http_error(error: HTTPException) -> Response:
+    """Answer HTTP errors (404, 405, 413, ...) as JSON, without echoing anything the client sent."""
+    status = error.code or 500
+    if status == 413:
+        limit = current_app.config["MAX_CONTENT_LENGTH"]
+        message = f"The upload is too large: one image of at most {_megabytes(limit)} per request."
+    elif status == 404:
+        message = "There is nothing at this address."
+    elif status == 405:
+        message = "This address does not take that method."
+    else:
+        message = error.description or error.name
+    response = error_response(status, _TYPES.get(status, error.name.replace(" ", "")), message)
+    if status == 405 and getattr(error, "valid_methods", None):
+        response.headers["Allow"] = ", ".join(error.valid_methods)
+    return response
+
+
+@bp.app_errorhandler(Exception)
+def unexpected_error(error: Exception) -> Response:
+    """Log a bug with its traceback, and tell the user only that it happened."""
+    logger.exception("unhandled error in %s %s", request.method, request.path)
+    return error_response(500, "InternalServerError", "Something went wrong on the page's server.")
+
+
+@bp.get("/")
+def index():
+    """Show the page."""
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    page_config = {
+        "enhanceUrl": url_for("main.enhance"),
+        "healthUrl": url_for("main.health"),
+        "maxBytes": limit,
+        "maxText": _megabytes(limit),
+        "accepted": ALLOWED_TEXT,
+    }
+    return render_template(
+        "index.html",
+        page_config=page_config,
+        scales=SCALES,
+        formats=FORMATS,
+        accepted=ALLOWED_TEXT,
+        max_text=_megabytes(limit),
+    )
+
+
+@bp.post("/enhance")
+def enhance():
+    """Enhance one uploaded image through TorchServe and stream the result back."""
+    # Reading the form enforces MAX_CONTENT_LENGTH, MAX_FORM_PARTS and MAX_FORM_MEMORY_SIZE (413).
+    form, files = request.form, request.files
+    unknown = [name for name in form if name not in OPTION_NAMES]
+    unknown += [name for name in files if name != IMAGE_FIELD]
+    if unknown:
+        abort(
+            400,
+            f"Unknown form field: send the image as '{IMAGE_FIELD}' and options as "
+            f"{', '.join(OPTION_NAMES)}.",
+        )
+    uploads = files.getlist(IMAGE_FIELD)
+    if not uploads:
+        abort(400, f"No image: send it as the form field '{IMAGE_FIELD}'.")
+    if len(uploads) > 1:
+        abort(400, "Send one image per request.")
+    options = _options()
+    data = uploads[0].read()
+    if not data:
+        abort(400, "The file is empty.")
+    # The name and declared type of an upload are whatever the client says; the bytes are not.
+    if sniff_image(data) is None:
+        return error_response(
+            415,
+            "UnsupportedMediaType",
+            f"This file is not an image the service can read: send {ALLOWED_TEXT}.",
+        )
+    try:
+        result = _client().enhance(data, options)
+    except TorchServeError as error:
+        return error_response(error.status, error.kind, error.message, error.retry_after)
+
+    def stream():
+        try:
+            yield from result.chunks
+        except Exception:
+            # The status line is gone already: drop the connection so the browser sees a broken
+            # download rather than a silently truncated image.
+            logger.warning("TorchServe's answer broke off while streaming it to the browser")
+            raise
+        finally:
+            result.close()
+
+    headers = {"Content-Type": result.content_type, "Content-Disposition": "inline"}
+    if result.content_length is not None:
+        headers["Content-Length"] = str(result.content_length)
+    return Response(stream(), headers=headers, direct_passthrough=True)
+
+
+@bp.get("/health")
+def health():
+    """Report whether TorchServe and the model are ready (200), or what is wrong (503)."""
+    ready, report = _client().health()
+    return jsonify(report), 200 if ready else 503
+
+
+def _options() -> dict[str, str]:
+    """The option fields of the upload form, checked for shape (the service checks their ranges)."""
+    options = {}
+    for name in OPTION_NAMES:
+        values = request.form.getlist(name)
+        if len(values) > 1:
+            abort(400, f"Option '{name}' is given more than once.")
+        value = values[0].strip() if values else ""
+        if not value:
+            continue
+        if not _OPTION_VALUE.fullmatch(value):
+            abort(400, f"Option '{name}' is not a number or a format name.")
+        options[name] = value.lower()
+    return options
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / (1024 * 1024):.3g} MB"

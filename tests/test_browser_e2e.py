@@ -1,0 +1,609 @@
+"""End to end: a real TorchServe, the page under gunicorn, and headless Chromium driving it.
+
+TorchServe serves the tiny scale-2 model (tests/servers.py); the page runs under gunicorn exactly as
+``scripts/page.py start`` runs it, on a free port, pointed at that TorchServe and its key file; and
+Playwright drives Debian's Chromium (``/usr/bin/chromium``; ``playwright install`` cannot download a
+browser here) with a fresh profile. Screenshots go to ``artifacts/`` (git-ignored).
+
+Besides the browser tests, this file checks what only real servers can show: upload limits through
+gunicorn with TorchServe's access log as the witness (F1), key expiry with
+``token_expiration_min=0.1`` (S3), and TorchServe stopping and starting again under a running page
+(F10). Firefox is not tested: no Firefox is installed on the CI machine.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import io
+import re
+import socket
+import subprocess
+import threading
+import time
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import requests
+from PIL import Image
+
+from scripts import page as page_script
+from scripts import serve
+from servers import start_torchserve, stop_torchserve
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parent.parent
+ARTIFACTS = REPO / "artifacts"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+]
+# The pages under test take uploads of up to 1 MB, so the limit tests stay small and fast.
+UPLOAD_LIMIT = 1_000_000
+ROTATED = "TorchServe inference key expired; rotated it through the management API"
+
+
+# -- the page under gunicorn -----------------------------------------------------------------------
+
+
+@dataclass
+class Page:
+    """A gunicorn serving the page, started by ``start_page``."""
+
+    url: str
+    process: subprocess.Popen
+    log: Path
+    access_log: Path
+
+    def log_text(self) -> str:
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+    def answered(self, status: int) -> int:
+        """How many uploads gunicorn's access log shows answered with ``status``."""
+        text = self.access_log.read_text(errors="replace") if self.access_log.exists() else ""
+        return text.count(f'"POST /enhance HTTP/1.1" {status} ')
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_page(ts, workdir: Path, **config) -> Page:
+    """Start the page under gunicorn for TorchServe ``ts``, as scripts/page.py does; wait for it."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    extra = {
+        f"FLASK_{name}": str(value)
+        for name, value in {"MAX_CONTENT_LENGTH": UPLOAD_LIMIT, **config}.items()
+    }
+    env = page_script.page_env(
+        ts.inference_url, ts.management_url, ts.workdir / "key_file.json", extra
+    )
+    log, access_log = workdir / "page.log", workdir / "page_access.log"
+    command = page_script.gunicorn_command(
+        "127.0.0.1", port, workers=2, threads=4, error_log=log, access_log=access_log
+    )
+    process = page_script.launch(command, env, log)
+    page = Page(f"http://127.0.0.1:{port}", process, log, access_log)
+    try:
+        page_script.wait_ready(page.url, process, None, 60, log)
+    except BaseException:
+        stop_page(page)
+        raise
+    return page
+
+
+def stop_page(page: Page) -> None:
+    page_script.stop_pid(page.process.pid)
+    page.process.wait(30)
+
+
+@pytest.fixture(scope="module")
+def site(torchserve, tmp_path_factory):
+    """The page under gunicorn in front of the session's TorchServe."""
+    page = start_page(torchserve, tmp_path_factory.mktemp("page"))
+    yield page
+    stop_page(page)
+
+
+# -- the browser -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def browser_context(tmp_path_factory):
+    """Headless Chromium with a fresh profile, accepting downloads."""
+    if not Path(CHROMIUM).exists():
+        pytest.skip(f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as playwright:
+        context = playwright.chromium.launch_persistent_context(
+            str(tmp_path_factory.mktemp("chromium-profile")),
+            executable_path=CHROMIUM,
+            headless=True,
+            args=CHROMIUM_ARGS,
+            accept_downloads=True,
+            viewport={"width": 1000, "height": 900},
+        )
+        yield context
+        context.close()
+
+
+@pytest.fixture
+def browser(browser_context, request):
+    """A new tab; fails the test on any script error or Content-Security-Policy violation, and saves
+    a screenshot of how the page ended to artifacts/<test name>.png."""
+    tab = browser_context.new_page()
+    problems: list[str] = []
+    tab.on("pageerror", lambda error: problems.append(f"script error: {error}"))
+    tab.on(
+        "console",
+        lambda message: (
+            problems.append(f"console: {message.text}")
+            if "Content Security Policy" in message.text
+            else None
+        ),
+    )
+    yield tab
+    ARTIFACTS.mkdir(exist_ok=True)
+    try:
+        tab.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
+    finally:
+        tab.close()
+    assert problems == [], problems
+
+
+def drop(tab, files: list[tuple[str, str, bytes]]) -> None:
+    """Drop files on the drop zone the way a browser does: a DataTransfer on dragover and drop."""
+    payload = [
+        {"name": name, "type": kind, "data": base64.b64encode(data).decode()}
+        for name, kind, data in files
+    ]
+    tab.evaluate(
+        """(files) => {
+            const transfer = new DataTransfer();
+            for (const f of files) {
+                const bytes = Uint8Array.from(atob(f.data), (c) => c.charCodeAt(0));
+                transfer.items.add(new File([bytes], f.name, { type: f.type }));
+            }
+            const zone = document.getElementById('dropzone');
+            for (const type of ['dragenter', 'dragover', 'drop']) {
+                const init = { bubbles: true, cancelable: true, dataTransfer: transfer };
+                zone.dispatchEvent(new DragEvent(type, init));
+            }
+        }""",
+        payload,
+    )
+
+
+def encoded(image: Image.Image, fmt: str = "PNG") -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+# -- in the browser --------------------------------------------------------------------------------
+
+
+def test_drop_a_photo_compare_zoom_and_download(site, browser, photo, tmp_path):
+    browser.goto(site.url)
+    service = browser.locator("#service")
+    service.filter(has_text="Service ready.").wait_for(timeout=30_000)
+    assert service.get_attribute("data-state") == "ready"
+
+    original = encoded(photo(300, 200))
+    drop(browser, [("holiday photo.png", "image/png", original)])
+    item = browser.locator("#queue li").first
+    browser.locator("#queue li[data-state=done]").wait_for(timeout=60_000)
+
+    assert item.locator(".name").text_content() == "holiday photo.png"
+    sizes = item.locator(".sizes").text_content()
+    assert re.search(r"^300×200 px, .* → 600×400 px, .* PNG$", sizes), sizes
+    assert item.locator(".status-text").text_content().startswith("Done in")
+    after = item.locator("img.after")
+    assert after.evaluate("img => [img.naturalWidth, img.naturalHeight]") == [600, 400]
+    assert item.locator("img.before").evaluate("img => img.complete && img.naturalWidth") == 300
+
+    # The comparison slider is a range input: the keyboard moves it, and the clip follows.
+    split = item.locator("input.split")
+    split.focus()
+    browser.keyboard.press("Home")
+    assert split.input_value() == "0"
+    assert after.evaluate("img => getComputedStyle(img).clipPath") == "inset(0px 0px 0px 0%)"
+    for _ in range(3):
+        browser.keyboard.press("ArrowRight")
+    assert split.input_value() == "3"
+    assert after.evaluate("img => getComputedStyle(img).clipPath") == "inset(0px 0px 0px 3%)"
+
+    # Zoom by keyboard: 100% shows one output pixel per CSS pixel, 200% overflows and scrolls.
+    zoom = item.locator("button.zoom")
+    zoom.focus()
+    browser.keyboard.press("Enter")
+    assert zoom.text_content() == "Zoom: 100%"
+    stage = item.locator(".stage")
+    assert stage.evaluate("el => el.getBoundingClientRect().width") == pytest.approx(600, abs=1)
+    browser.keyboard.press("Enter")
+    assert zoom.text_content() == "Zoom: 200%"
+    viewport = item.locator(".viewport")
+    assert viewport.evaluate("el => el.scrollWidth > el.clientWidth")
+    viewport.focus()
+    browser.keyboard.press("ArrowRight")
+    browser.wait_for_function(
+        "el => el.scrollLeft > 0", arg=viewport.element_handle(), timeout=5_000
+    )
+    browser.keyboard.press("-")
+    browser.keyboard.press("-")
+    assert zoom.text_content() == "Zoom: fit"
+    split.fill("50")  # for the screenshot
+
+    with browser.expect_download() as download_info:
+        item.locator("a.download").click()
+    download = download_info.value
+    assert download.suggested_filename == "holiday_photo-x2.png"
+    saved = tmp_path / download.suggested_filename
+    download.save_as(saved)
+    with Image.open(saved) as result:
+        assert result.format == "PNG"
+        assert result.size == (600, 400)
+
+
+def test_errors_say_what_went_wrong(site, browser):
+    browser.goto(site.url)
+    hostile = '<img src=x onerror="window.hacked=1">.png'
+    drop(
+        browser,
+        [
+            (hostile, "image/png", b"<!doctype html><html><body>not a photo</body></html>"),
+            ("huge.png", "image/png", b"\x89PNG\r\n\x1a\n" + b"\0" * (UPLOAD_LIMIT + 10)),
+        ],
+    )
+    failed = browser.locator("#queue li[data-state=error]")
+    failed.nth(1).wait_for(timeout=30_000)
+    not_image, too_large = failed.nth(0), failed.nth(1)
+
+    message = not_image.locator(".error").text_content()
+    assert message.startswith("Not an image: This file is not an image the service can read")
+    assert "PNG, JPEG, WebP, GIF or BMP" in message
+    assert not not_image.locator(".retry").is_visible()  # the same file would fail again
+    # The hostile name is shown as text; nothing it contains ran or became an element.
+    assert not_image.locator(".name").text_content() == hostile
+    assert browser.evaluate(
+        "() => window.hacked === undefined && !document.querySelector('#queue img[src=x]')"
+    )
+
+    assert (
+        too_large.locator(".error")
+        .text_content()
+        .startswith("Too large: The file is 976.6 KB; the limit is")
+    )
+    assert not too_large.locator(".retry").is_visible()  # no point trying the same file again
+
+
+def test_pick_by_keyboard_and_download_all_as_zip(site, browser, photo, tmp_path):
+    # Turn on file-chooser interception now: expect_file_chooser() turns it on without waiting for
+    # the browser, and a key press sent right after can open the picker before it took effect.
+    browser.on("filechooser", lambda chooser: None)
+    browser.goto(site.url)
+    browser.select_option("#opt-scale", "3")
+    browser.select_option("#opt-format", "jpeg")
+    assert browser.locator("#opt-quality").is_enabled()
+
+    # The drop zone is a button: Tab to it, Enter opens the file picker.
+    browser.locator("#dropzone").focus()
+    with browser.expect_file_chooser() as chooser_info:
+        browser.keyboard.press("Enter")
+    chooser = chooser_info.value
+    assert chooser.is_multiple()
+    chooser.set_files(
+        [
+            {"name": "a.png", "mimeType": "image/png", "buffer": encoded(photo(40, 30, seed=1))},
+            {
+                "name": "b.jpg",
+                "mimeType": "image/jpeg",
+                "buffer": encoded(photo(50, 20, seed=2), "JPEG"),
+            },
+            {"name": "a.png", "mimeType": "image/png", "buffer": encoded(photo(10, 10, seed=3))},
+        ]
+    )
+    browser.wait_for_function(
+        "() => document.querySelectorAll('#queue li[data-state=done]').length === 3", timeout=60_000
+    )
+    download_all = browser.locator("#download-all")
+    assert download_all.is_enabled()
+    download_all.focus()
+    with browser.expect_download() as download_info:
+        browser.keyboard.press("Enter")
+    download = download_info.value
+    assert download.suggested_filename == "enhanced-photos.zip"
+    saved = tmp_path / "all.zip"
+    download.save_as(saved)
+
+    with zipfile.ZipFile(saved) as archive:
+        assert archive.testzip() is None  # every CRC-32 the page computed is right
+        assert archive.namelist() == ["a-x3.jpg", "b-x3.jpg", "a-x3-2.jpg"]
+        sizes = []
+        for name in archive.namelist():
+            with Image.open(io.BytesIO(archive.read(name))) as image:
+                assert image.format == "JPEG"
+                sizes.append(image.size)
+    assert sizes == [(120, 90), (150, 60), (30, 30)]
+
+
+def test_paste_an_image_then_clear_the_list(site, browser, photo):
+    browser.goto(site.url)
+    assert browser.locator("#queue-empty").is_visible()
+    pasted = base64.b64encode(encoded(photo(32, 24))).decode()
+    browser.evaluate(
+        """(data) => {
+            const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+            const transfer = new DataTransfer();
+            transfer.items.add(new File([bytes], 'image.png', { type: 'image/png' }));
+            const init = { clipboardData: transfer, bubbles: true, cancelable: true };
+            document.body.dispatchEvent(new ClipboardEvent('paste', init));
+        }""",
+        pasted,
+    )
+    done = browser.locator("#queue li[data-state=done]")
+    done.wait_for(timeout=60_000)
+    assert re.search(r"^32×24 px, .* → 64×48 px, ", done.locator(".sizes").text_content())
+    drop(browser, [("notes.txt", "text/plain", b"just some text")])
+    browser.locator("#queue li[data-state=error]").wait_for(timeout=30_000)
+    assert browser.locator("#queue li").count() == 2
+
+    browser.locator("#clear-done").click()
+    assert browser.locator("#queue li").count() == 0
+    assert browser.locator("#queue-empty").is_visible()
+    assert browser.locator("#download-all").is_disabled()
+
+
+# -- through gunicorn, with TorchServe's access log as the witness (F1) ----------------------------
+
+
+def _predictions_logged(ts) -> int:
+    path = ts.workdir / "logs" / "access_log.log"
+    return (
+        path.read_text(errors="replace").count("POST /predictions/enhancer") if path.exists() else 0
+    )
+
+
+def _multipart(image: bytes, boundary: str = "limit-test") -> tuple[bytes, str]:
+    body = (
+        (
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="p.png"\r\n'
+            f"Content-Type: image/png\r\n\r\n"
+        ).encode()
+        + image
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    return body, f"multipart/form-data; boundary={boundary}"
+
+
+def _padded_png(image: bytes, size: int) -> bytes:
+    """``image`` (a PNG) padded to exactly ``size`` bytes with a private ancillary chunk."""
+    import zlib
+
+    data = b"\0" * (size - len(image) - 12)
+    chunk = (
+        len(data).to_bytes(4, "big")
+        + b"prVt"
+        + data
+        + zlib.crc32(b"prVt" + data).to_bytes(4, "big")
+    )
+    end = image.rindex(b"IEND") - 4
+    return image[:end] + chunk + image[end:]
+
+
+def _post_raw(url: str, body: bytes, content_type: str, chunked: bool) -> int:
+    """POST with http.client (Content-Length, or chunked with none); the status, or 0 if reset."""
+    host, port = url.removeprefix("http://").split(":")
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    try:
+        connection.request(
+            "POST",
+            "/enhance",
+            body=iter([body[i : i + 65536] for i in range(0, len(body), 65536)])
+            if chunked
+            else body,
+            headers={"Content-Type": content_type},
+            encode_chunked=chunked,
+        )
+        return connection.getresponse().status
+    except (ConnectionResetError, BrokenPipeError):
+        return 0
+    finally:
+        connection.close()
+
+
+def test_upload_limits_through_gunicorn(site, torchserve, photo):
+    base = encoded(photo(40, 30))
+    overhead = len(_multipart(b"")[0])
+    before = _predictions_logged(torchserve)
+    refused = site.answered(413)
+
+    over, content_type = _multipart(_padded_png(base, UPLOAD_LIMIT - overhead + 1))
+    assert len(over) == UPLOAD_LIMIT + 1
+    response = requests.post(
+        f"{site.url}/enhance", data=over, headers={"Content-Type": content_type}, timeout=30
+    )
+    assert response.status_code == 413
+    assert response.json()["type"] == "PayloadTooLarge"
+
+    # Chunked, no Content-Length: the page answers 413 once the limit is passed. gunicorn then
+    # drains at most 64 KB of what the client still sends before it closes the connection, so a
+    # client still sending may see the connection reset instead of the answer (werkzeug documents
+    # this); gunicorn's access log is the witness of the 413 either way.
+    chunked, content_type = _multipart(_padded_png(base, 2 * UPLOAD_LIMIT))
+    assert _post_raw(site.url, chunked, content_type, chunked=True) in (413, 0)
+
+    at_limit, content_type = _multipart(_padded_png(base, UPLOAD_LIMIT - overhead))
+    assert len(at_limit) == UPLOAD_LIMIT
+    response = requests.post(
+        f"{site.url}/enhance", data=at_limit, headers={"Content-Type": content_type}, timeout=60
+    )
+    assert response.status_code == 200, response.text
+    assert Image.open(io.BytesIO(response.content)).size == (80, 60)
+
+    # TorchServe logged the one upload within the limit, and neither oversized one came before it.
+    deadline = time.monotonic() + 10
+    while _predictions_logged(torchserve) < before + 1 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _predictions_logged(torchserve) == before + 1
+    assert site.answered(413) == refused + 2
+
+
+def test_page_routes_through_gunicorn(site):
+    assert requests.get(f"{site.url}/console", timeout=10).status_code == 404
+    for path in ("/metrics", "/models", "/ping", "/predictions/enhancer", "/token"):
+        assert requests.get(f"{site.url}{path}", timeout=10).status_code == 404
+    response = requests.get(site.url, timeout=10)
+    assert response.headers["Server"].startswith("gunicorn")  # not the development server
+    assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
+    health = requests.get(f"{site.url}/health", timeout=10)
+    assert health.status_code == 200 and health.json() == {"torchserve": "ready", "model": "READY"}
+    cross_site = requests.post(
+        f"{site.url}/enhance",
+        files={"image": ("p.png", b"\x89PNG\r\n\x1a\n")},
+        headers={"Origin": "https://evil.example", "Sec-Fetch-Site": "cross-site"},
+        timeout=10,
+    )
+    assert cross_site.status_code == 403
+
+
+# -- keys that expire, a TorchServe that restarts (S3, F10) ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def short_keys(tmp_path_factory):
+    """A TorchServe whose keys expire after 6 s, and a page in front of it."""
+    from tiny_models import tiny_sr
+
+    model = tiny_sr(tmp_path_factory.mktemp("short-keys-model"))
+    started = time.monotonic()
+    ts = start_torchserve(
+        model, tmp_path_factory.mktemp("short-keys-ts"), properties={"token_expiration_min": "0.1"}
+    )
+    page = start_page(ts, tmp_path_factory.mktemp("short-keys-page"))
+    yield ts, page, started
+    stop_page(page)
+    stop_torchserve(ts)
+
+
+def test_expiring_keys_never_reach_the_user(short_keys, photo):
+    ts, page, started = short_keys
+    image = encoded(photo(24, 16))
+    statuses = []
+    begin = time.monotonic()
+
+    # 30 uploads over about 20 s, from two clients at once, across three or more key lifetimes.
+    def client(offset: float):
+        with requests.Session() as session:
+            for n in range(15):
+                time.sleep(max(0.0, begin + offset + n * 1.33 - time.monotonic()))
+                response = session.post(
+                    f"{page.url}/enhance",
+                    files={"image": ("p.png", image)},
+                    data={"scale": "2"},
+                    timeout=60,
+                )
+                statuses.append(
+                    (
+                        response.status_code,
+                        response.text[:200] if response.status_code != 200 else "",
+                    )
+                )
+
+    threads = [threading.Thread(target=client, args=(offset,)) for offset in (0.0, 0.67)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(120)
+    lifetime = time.monotonic() - started
+    assert statuses == [(200, "")] * 30
+
+    rotations = page.log_text().count(ROTATED)
+    # Every rotation follows an expiry (one per 6 s at most), and at least two expiries happened.
+    assert 2 <= rotations <= lifetime / 6 + 1, (rotations, lifetime)
+
+
+def test_torchserve_down_and_back_under_a_running_page(short_keys, photo, browser):
+    ts, page, _ = short_keys
+    image = encoded(photo(24, 16))
+    pid = page.process.pid
+    instance = serve.Instance.from_config(ts.workdir, ts.workdir / "config.properties")
+    serve.stop(instance)
+
+    for _ in range(5):
+        begun = time.monotonic()
+        response = requests.post(
+            f"{page.url}/enhance", files={"image": ("p.png", image)}, timeout=30
+        )
+        assert response.status_code == 503
+        assert response.json()["type"] == "ServiceUnavailable"
+        assert time.monotonic() - begun < 3.0
+    assert requests.get(f"{page.url}/health", timeout=10).json()["torchserve"] == "down"
+
+    # What a visitor sees meanwhile.
+    browser.goto(page.url)
+    browser.locator("#service[data-state=down]").wait_for(timeout=30_000)
+    assert browser.locator("#service").text_content().startswith("Service down:")
+    drop(browser, [("p.png", "image/png", image)])
+    browser.locator("#queue li[data-state=error]").wait_for(timeout=30_000)
+    message = browser.locator("#queue .error").text_content()
+    assert message == "Service down: The enhancement service is not running."
+
+    serve.launch(
+        instance, ts.workdir / "config.properties", ts.mar.parent, f"enhancer={ts.mar.name}"
+    )
+    serve.wait_ready(instance, 120)
+    restarted = time.monotonic()
+    statuses = []
+    while len(statuses) < 5 and time.monotonic() - restarted < 60:
+        response = requests.post(
+            f"{page.url}/enhance", files={"image": ("p.png", image)}, timeout=60
+        )
+        statuses.append(response.status_code)
+    assert statuses == [200] * 5
+    assert page.process.poll() is None and page.process.pid == pid  # the same page, not restarted
+
+    browser.locator("#queue .retry").click()
+    browser.locator("#queue li[data-state=done]").wait_for(timeout=60_000)
+    browser.locator("#service[data-state=ready]").wait_for(timeout=30_000)
+
+
+def test_page_script_start_status_stop(tmp_path, monkeypatch, torchserve):
+    """scripts/page.py start|status|stop, in a scratch run folder."""
+    monkeypatch.setattr(page_script, "STATE_FILE", tmp_path / "page.json")
+    monkeypatch.setattr(page_script, "LOG_DIR", tmp_path / "logs")
+    monkeypatch.setattr(
+        page_script.serve,
+        "run_instance",
+        lambda: serve.Instance(
+            torchserve.workdir,
+            torchserve.inference_url,
+            torchserve.management_url,
+            torchserve.metrics_url,
+        ),
+    )
+    port = free_port()
+    assert page_script.main(["start", "--port", str(port), "--workers", "1"]) == 0
+    try:
+        assert (
+            page_script.main(["start", "--port", str(port)]) == 0
+        )  # already running: no second one
+        assert page_script.main(["status"]) == 0
+        health = requests.get(f"http://127.0.0.1:{port}/health", timeout=10)
+        assert health.json() == {"torchserve": "ready", "model": "READY"}
+    finally:
+        assert page_script.main(["stop"]) == 0
+    assert page_script.main(["status"]) == 1
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://127.0.0.1:{port}/health", timeout=5)

@@ -1,0 +1,1058 @@
+"""The page's routes through Flask's test client, with TorchServe imitated by a local HTTP stub.
+
+The stub (``StubTorchServe``) speaks TorchServe's protocol as proven live on 0.12.0: inference and
+management on separate ports, token authorization with keys in a key_file.json (a missing, wrong or
+expired key is a 400 InvalidKeyException, /ping included), ``GET /token?type=...`` with the API key
+rotating a key and rewriting the file, the handler's JSON errors, and the server's own failures
+(queue full, worker died, hangs). Each test sets how it answers.
+
+Covers RELIABILITY.md section 6 rows S3, S4, F1-F10 and R4 at the Flask level;
+tests/test_browser_e2e.py repeats the ones that need real servers.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import secrets
+import sys
+import threading
+import time
+import tracemalloc
+import zlib
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from PIL import Image
+from werkzeug.test import EnvironBuilder
+from werkzeug.wrappers import Request
+
+from frontend import create_app
+from frontend.security import sniff_image
+from frontend.torchserve_client import TorchServeClient
+
+INVALID_KEY = {
+    "code": 400,
+    "type": "InvalidKeyException",
+    "message": "Token Authorization failed. "
+    "Token either incorrect, expired, or not provided correctly",
+}
+QUEUE_FULL = {
+    "code": 503,
+    "type": "ServiceUnavailableException",
+    "message": 'Model "enhancer" has no worker to serve inference request. '
+    "Please use scale workers API to add workers.",
+}
+CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+
+
+# -- a TorchServe imitation ------------------------------------------------------------------------
+
+
+class StubTorchServe:
+    """TorchServe's inference and management APIs, token authorization included, on free ports.
+
+    Attributes:
+        answer: how POST /predictions/enhancer answers: a callable (body, headers) -> (status,
+            content type, bytes); the default enhances like the real handler (resize by the scale).
+        predictions: (headers, body) of every prediction request that passed authorization.
+        requests: (method, path) of every request on either port.
+        rotations: how many keys /token rotated.
+        workers: the worker statuses GET /models/enhancer reports.
+    """
+
+    def __init__(self, workdir: Path):
+        self.key_file = Path(workdir) / "key_file.json"
+        self.answer = enhance_like_handler
+        self.predictions: list[tuple[dict, bytes]] = []
+        self.requests: list[tuple[str, str]] = []
+        self.rotations = 0
+        self.workers = ["READY"]
+        self.expired: set[str] = set()
+        self.release = threading.Event()  # ends hanging answers early at close()
+        self._lock = threading.Lock()
+        self._servers: list[ThreadingHTTPServer] = []
+        self._ports: tuple[int, int] = (0, 0)
+        self.start()
+
+    # the server's life
+
+    def start(self) -> None:
+        """Start (again, on the same ports after ``stop``) with fresh keys, as TorchServe does."""
+        self.keys = {kind: secrets.token_urlsafe(6) for kind in ("inference", "management", "API")}
+        self.expired.clear()
+        self._write_keys()
+        self._servers = [
+            self._serve(self._ports[0], "inference"),
+            self._serve(self._ports[1], "management"),
+        ]
+        self._ports = (self._servers[0].server_port, self._servers[1].server_port)
+
+    def stop(self) -> None:
+        """Stop listening and delete the key file, as ``torchserve --stop`` does."""
+        for server in self._servers:
+            server.shutdown()
+            server.server_close()
+        self._servers = []
+        self.key_file.unlink(missing_ok=True)
+
+    def close(self) -> None:
+        self.release.set()
+        self.stop()
+
+    @property
+    def inference_url(self) -> str:
+        return f"http://127.0.0.1:{self._ports[0]}"
+
+    @property
+    def management_url(self) -> str:
+        return f"http://127.0.0.1:{self._ports[1]}"
+
+    def expire(self, kind: str = "inference") -> None:
+        """Let the ``kind`` key expire: refused from now on, though the file still holds it."""
+        self.expired.add(kind)
+
+    def _write_keys(self) -> None:
+        self.key_file.write_text(
+            json.dumps(
+                {
+                    "management": {"key": self.keys["management"], "expiration time": "soon"},
+                    "inference": {"key": self.keys["inference"], "expiration time": "soon"},
+                    "API": {"key": self.keys["API"]},
+                }
+            )
+        )
+
+    def _serve(self, port: int, api: str) -> ThreadingHTTPServer:
+        stub = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self):
+                stub._handle(self, api)
+
+            def do_POST(self):
+                stub._handle(self, api)
+
+            def do_OPTIONS(self):
+                stub._handle(self, api)
+
+            def log_message(self, *args):
+                pass
+
+        server = _QuietServer(("127.0.0.1", port), Handler)
+        threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True
+        ).start()
+        return server
+
+    # the protocol
+
+    def _authorized(self, handler, kind: str) -> bool:
+        sent = handler.headers.get("Authorization", "")
+        return sent == f"Bearer {self.keys[kind]}" and kind not in self.expired
+
+    def _handle(self, handler: BaseHTTPRequestHandler, api: str) -> None:
+        url = urlsplit(handler.path)
+        length = int(handler.headers.get("Content-Length") or 0)
+        body = handler.rfile.read(length) if length else b""
+        with self._lock:
+            self.requests.append((handler.command, url.path))
+        if api == "inference" and url.path == "/ping":
+            if not self._authorized(handler, "inference"):
+                return _send(handler, 400, "application/json", json.dumps(INVALID_KEY).encode())
+            return _send(handler, 200, "application/json", b'{"status": "Healthy"}')
+        if (
+            api == "inference"
+            and url.path.startswith("/predictions/")
+            and handler.command == "POST"
+        ):
+            if not self._authorized(handler, "inference"):
+                return _send(handler, 400, "application/json", json.dumps(INVALID_KEY).encode())
+            if url.path != "/predictions/enhancer":
+                return _send(
+                    handler,
+                    404,
+                    "application/json",
+                    b'{"code": 404, "type": "ModelNotFoundException"}',
+                )
+            with self._lock:
+                self.predictions.append((dict(handler.headers), body))
+            status, content_type, data, *length = self.answer(body, handler.headers)
+            return _send(handler, status, content_type, data, *length)
+        if api == "management" and url.path == "/models/enhancer":
+            if not self._authorized(handler, "management"):
+                return _send(handler, 400, "application/json", json.dumps(INVALID_KEY).encode())
+            described = [
+                {
+                    "modelName": "enhancer",
+                    "workers": [{"id": "9000", "status": s} for s in self.workers],
+                }
+            ]
+            return _send(handler, 200, "application/json", json.dumps(described).encode())
+        if api == "management" and url.path == "/token":
+            if handler.headers.get("Authorization") != f"Bearer {self.keys['API']}":
+                return _send(handler, 400, "application/json", json.dumps(INVALID_KEY).encode())
+            kind = parse_qs(url.query).get("type", [""])[0]
+            if kind not in ("inference", "management"):
+                return _send(handler, 400, "application/json", b'{"code": 400}')
+            with self._lock:
+                self.keys[kind] = secrets.token_urlsafe(6)
+                self.expired.discard(kind)
+                self.rotations += 1
+                self._write_keys()
+            return _send(handler, 200, "application/json", b"\n")
+        _send(
+            handler, 404, "application/json", b'{"code": 404, "type": "ResourceNotFoundException"}'
+        )
+
+
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        pass  # a test that makes the stub drop a connection needs no traceback on stderr
+
+
+def _send(
+    handler: BaseHTTPRequestHandler, status: int, content_type: str, data: bytes, length=None
+) -> None:
+    """Answer; ``length`` declares another Content-Length than the data has (a cut-off answer)."""
+    handler.send_response(status)
+    handler.send_header("Content-Type", content_type)
+    handler.send_header("Content-Length", str(len(data) if length is None else length))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
+def enhance_like_handler(body: bytes, headers) -> tuple[int, str, bytes]:
+    """What the real handler does, minus the model: resize by X-Enhance-Scale, encode as asked."""
+    try:
+        image = Image.open(io.BytesIO(body))
+        image.load()
+    except Exception:  # noqa: BLE001 - any undecodable input is a 400, as in the handler
+        return (
+            400,
+            "application/json",
+            b'{"code": 400, "type": "BadRequest", "message": "not a readable image"}',
+        )
+    scale = float(headers.get("X-Enhance-Scale", "2"))
+    fmt = headers.get("X-Enhance-Format", "png")
+    fmt = {"auto": "png", "jpg": "jpeg"}.get(fmt, fmt)
+    out = image.convert("RGB").resize((round(image.width * scale), round(image.height * scale)))
+    buffer = io.BytesIO()
+    params = (
+        {"quality": int(headers["X-Enhance-Quality"])}
+        if "X-Enhance-Quality" in headers and fmt != "png"
+        else {}
+    )
+    out.save(buffer, format=fmt.upper(), **params)
+    return 200, CONTENT_TYPES[fmt], buffer.getvalue()
+
+
+def answer_with(status: int, body: dict | bytes, content_type: str = "application/json"):
+    """An ``answer`` that always sends ``status`` with ``body``."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return lambda _body, _headers: (status, content_type, data)
+
+
+# -- images and uploads ----------------------------------------------------------------------------
+
+
+def image_bytes(width: int = 40, height: int = 30, fmt: str = "PNG") -> bytes:
+    """A small gradient image in ``fmt``."""
+    image = Image.linear_gradient("L").resize((width, height)).convert("RGB")
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def padded_png(size: int) -> bytes:
+    """A valid 40x30 PNG of exactly ``size`` bytes (padded with a private ancillary chunk)."""
+    base = image_bytes()
+    pad = size - len(base) - 12  # chunk length + type + CRC
+    assert pad >= 0, f"{size} bytes is smaller than the base PNG"
+    chunk_type, data = b"prVt", b"\0" * pad
+    chunk = (
+        len(data).to_bytes(4, "big")
+        + chunk_type
+        + data
+        + zlib.crc32(chunk_type + data).to_bytes(4, "big")
+    )
+    iend = base.rindex(b"IEND") - 4
+    return base[:iend] + chunk + base[iend:]
+
+
+BOUNDARY = "----enhancer-test-boundary"
+
+
+def multipart(parts: list[tuple[str, str | None, bytes]]) -> bytes:
+    """A multipart/form-data body of (field name, file name or None, value) parts."""
+    out = io.BytesIO()
+    for name, filename, value in parts:
+        out.write(f"--{BOUNDARY}\r\n".encode())
+        disposition = f'form-data; name="{name}"' + (
+            f'; filename="{filename}"' if filename is not None else ""
+        )
+        out.write(f"Content-Disposition: {disposition}\r\n".encode())
+        if filename is not None:
+            out.write(b"Content-Type: image/png\r\n")
+        out.write(b"\r\n" + value + b"\r\n")
+    out.write(f"--{BOUNDARY}--\r\n".encode())
+    return out.getvalue()
+
+
+def post_multipart(client, body: bytes, **kwargs):
+    return client.post(
+        "/enhance", data=body, content_type=f"multipart/form-data; boundary={BOUNDARY}", **kwargs
+    )
+
+
+def upload(
+    client,
+    data: bytes,
+    filename: str = "photo.png",
+    content_type: str = "image/png",
+    headers=None,
+    **options,
+):
+    """POST /enhance with one file and option fields, as the page's FormData does."""
+    form = {"image": (io.BytesIO(data), filename, content_type), **options}
+    return client.post(
+        "/enhance", data=form, content_type="multipart/form-data", headers=headers or {}
+    )
+
+
+# -- fixtures --------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def stub(tmp_path):
+    """A TorchServe imitation, stopped after the test."""
+    server = StubTorchServe(tmp_path)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def make_app(stub):
+    """Factory: make_app(**config overrides) -> a testing app pointed at the stub."""
+
+    def make(**overrides):
+        config = {
+            "TESTING": True,
+            "TORCHSERVE_URL": stub.inference_url,
+            "TORCHSERVE_MANAGEMENT_URL": stub.management_url,
+            "KEY_FILE": str(stub.key_file),
+            "CONNECT_TIMEOUT": 2.0,
+            "READ_TIMEOUT": 10.0,
+            "STATUS_TIMEOUT": 2.0,
+            "MAX_CONTENT_LENGTH": 200_000,
+        }
+        config.update(overrides)
+        return create_app(config)
+
+    return make
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def assert_error(response, status: int, kind: str | None = None) -> dict:
+    """Check that the response is a JSON error {"code", "type", "message"}; return the body."""
+    assert response.status_code == status, response.get_data(as_text=True)
+    assert response.mimetype == "application/json"
+    body = response.get_json()
+    assert set(body) == {"code", "type", "message"}
+    assert body["code"] == status
+    if kind is not None:
+        assert body["type"] == kind
+    assert body["message"]
+    return body
+
+
+# -- the app factory and the page ------------------------------------------------------------------
+
+
+def test_defaults_and_environment(monkeypatch):
+    monkeypatch.setenv("FLASK_TORCHSERVE_URL", "http://127.0.0.1:18080")
+    monkeypatch.setenv("FLASK_READ_TIMEOUT", "42")
+    monkeypatch.setenv("FLASK_MAX_CONTENT_LENGTH", "1000")
+    monkeypatch.delenv("FLASK_DEBUG", raising=False)
+    app = create_app()
+    assert app.config["TORCHSERVE_URL"] == "http://127.0.0.1:18080"
+    assert app.config["READ_TIMEOUT"] == 42  # parsed as JSON
+    assert app.config["MAX_CONTENT_LENGTH"] == 1000
+    assert app.config["KEY_FILE"].endswith(".run/key_file.json")
+    assert app.config["MAX_FORM_PARTS"] <= 100 and app.config["MAX_FORM_MEMORY_SIZE"] <= 1024 * 1024
+    assert not app.debug and not app.testing
+    client = app.extensions["torchserve"]
+    assert client.inference_url == "http://127.0.0.1:18080" and client.read_timeout == 42
+
+
+def test_page_is_served_with_its_own_assets(client, stub):
+    response = client.get("/")
+    assert response.status_code == 200 and response.mimetype == "text/html"
+    html = response.get_data(as_text=True)
+
+    config = json.loads(
+        re.search(r'<script type="application/json" id="page-config">(.*?)</script>', html, re.S)[1]
+    )
+    assert config["enhanceUrl"] == "/enhance" and config["healthUrl"] == "/health"
+    assert config["maxBytes"] == 200_000
+    # Every script is either a same-origin file or inert JSON data; no inline handlers or styles.
+    for tag in re.findall(r"<script\b[^>]*>", html):
+        assert 'type="application/json"' in tag or re.search(r'src="/static/[\w.-]+\.js"', tag), tag
+    assert not re.search(r"\son[a-z]+\s*=", html), "inline event handler"
+    assert not re.search(r"\sstyle\s*=", html), "inline style attribute"
+    assert "http://" not in html and "https://" not in html, "no external (CDN) resources"
+    # The browser never learns where TorchServe is.
+    assert stub.inference_url not in html and stub.management_url not in html
+    for port in ("8080", "8081", "8082"):
+        assert port not in html
+
+    assets = re.findall(r'(?:src|href)="(/static/[^"]+)"', html)
+    assert {"/static/app.js", "/static/style.css", "/static/favicon.svg"} <= set(assets)
+    types = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
+    for asset in assets:
+        served = client.get(asset)
+        assert served.status_code == 200, asset
+        assert served.mimetype == types[Path(asset).suffix], asset
+        served.close()
+
+
+def test_script_builds_no_markup_from_strings(client):
+    response = client.get("/static/app.js")
+    script = response.get_data(as_text=True)
+    response.close()
+    # File names and server messages reach the page only as text (F3): no HTML parsing from strings.
+    for sink in (
+        "innerHTML",
+        "outerHTML",
+        "insertAdjacentHTML",
+        "document.write",
+        "eval(",
+        "new Function",
+    ):
+        assert sink not in script, sink
+    assert "textContent" in script
+
+
+@pytest.mark.parametrize("path", ["/", "/static/app.js", "/health", "/enhance", "/nowhere"])
+def test_security_headers_on_every_response(client, path):
+    response = client.get(path)
+    csp = response.headers["Content-Security-Policy"]
+    directives = dict(d.strip().split(" ", 1) for d in csp.split(";"))
+    assert directives["default-src"] == "'self'"
+    assert directives["object-src"] == "'none'"
+    assert directives["frame-ancestors"] == "'none'"
+    assert directives["script-src"] == "'self'"  # no 'unsafe-inline', no 'unsafe-eval'
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    response.close()
+
+
+# -- enhancing -------------------------------------------------------------------------------------
+
+
+def test_enhance_streams_the_result_from_torchserve(client, stub):
+    photo = image_bytes(40, 30)
+    response = upload(client, photo, scale="2")
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert response.mimetype == "image/png"
+    assert response.is_streamed
+    data = response.get_data()
+    assert int(response.headers["Content-Length"]) == len(data)
+    assert Image.open(io.BytesIO(data)).size == (80, 60)
+    assert response.headers["Cache-Control"] == "no-store"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+
+    [(headers, body)] = stub.predictions
+    assert body == photo  # the raw image, not a multipart wrapper
+    assert headers["Content-Type"] == "application/octet-stream"
+    assert headers["Authorization"] == f"Bearer {stub.keys['inference']}"
+    assert headers["X-Enhance-Scale"] == "2"
+
+
+def test_enhance_passes_the_options_on(client, stub):
+    response = upload(
+        client, image_bytes(20, 10), scale="3", format="WebP", quality="80", strength="0.5"
+    )
+    assert response.status_code == 200
+    assert response.mimetype == "image/webp"
+    assert Image.open(io.BytesIO(response.get_data())).size == (60, 30)
+    [(headers, _)] = stub.predictions
+    assert (headers["X-Enhance-Scale"], headers["X-Enhance-Format"]) == ("3", "webp")
+    assert (headers["X-Enhance-Quality"], headers["X-Enhance-Strength"]) == ("80", "0.5")
+
+
+def test_empty_options_are_left_to_the_service(client, stub):
+    response = upload(client, image_bytes(), scale="", format="", quality="")
+    assert response.status_code == 200
+    [(headers, _)] = stub.predictions
+    assert not [name for name in headers if name.lower().startswith("x-enhance-")]
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "GIF", "BMP"])
+def test_every_accepted_format_goes_through(client, stub, fmt):
+    data = image_bytes(fmt=fmt)
+    assert sniff_image(data) == fmt.lower()
+    response = upload(client, data, filename="x.bin", content_type="application/octet-stream")
+    assert response.status_code == 200, response.get_data(as_text=True)
+    assert len(stub.predictions) == 1
+
+
+@pytest.mark.parametrize(
+    "form, message",
+    [
+        ({}, "No image"),
+        ({"image": (io.BytesIO(b""), "empty.png", "image/png")}, "empty"),
+        ({"image": [(io.BytesIO(b"a"), "a.png"), (io.BytesIO(b"b"), "b.png")]}, "one image"),
+        ({"photo": (io.BytesIO(b"\x89PNG\r\n\x1a\n"), "p.png")}, "Unknown form field"),
+        (
+            {"image": (io.BytesIO(b"\x89PNG\r\n\x1a\n"), "p.png"), "colour": "red"},
+            "Unknown form field",
+        ),
+        (
+            {"image": (io.BytesIO(b"\x89PNG\r\n\x1a\n"), "p.png"), "scale": "2\r\nX-Evil: 1"},
+            "Option 'scale'",
+        ),
+        (
+            {"image": (io.BytesIO(b"\x89PNG\r\n\x1a\n"), "p.png"), "format": "p" * 40},
+            "Option 'format'",
+        ),
+        (
+            {"image": (io.BytesIO(b"\x89PNG\r\n\x1a\n"), "p.png"), "scale": ["2", "4"]},
+            "more than once",
+        ),
+    ],
+    ids=[
+        "no-file",
+        "empty-file",
+        "two-files",
+        "wrong-file-field",
+        "unknown-field",
+        "header-injection",
+        "long-value",
+        "option-twice",
+    ],
+)
+def test_bad_uploads_are_400_and_never_forwarded(client, stub, form, message):
+    response = client.post("/enhance", data=form, content_type="multipart/form-data")
+    body = assert_error(response, 400, "BadRequest")
+    assert message in body["message"]
+    assert stub.predictions == []
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"<!doctype html><html><script>alert(1)</script></html>",
+        b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>',
+        b"%PDF-1.7\n" + b"0" * 100,
+        b"II*\x00" + b"\0" * 100,  # TIFF: an image, but not one the service takes
+        b"BMW 320i, 2004, good condition" + b" " * 40,  # starts like a BMP, is not one
+        bytes(range(256)) * 4,
+    ],
+    ids=["html", "svg", "pdf", "tiff", "bm-text", "binary"],
+)
+def test_content_is_sniffed_not_trusted(client, stub, data):
+    # F4: HTML bytes declared as image/png under a .png name is still refused.
+    response = upload(client, data, filename="photo.png", content_type="image/png")
+    body = assert_error(response, 415, "UnsupportedMediaType")
+    assert "PNG, JPEG, WebP, GIF or BMP" in body["message"]
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert stub.predictions == []
+
+
+# -- limits (F1, F2) -------------------------------------------------------------------------------
+
+
+def test_upload_limit_exact_plus_one_and_chunked(make_app, stub):
+    limit = 200_000
+    client = make_app(MAX_CONTENT_LENGTH=limit).test_client()
+    overhead = len(multipart([("image", "p.png", b"")]))
+
+    at_limit = multipart([("image", "p.png", padded_png(limit - overhead))])
+    assert len(at_limit) == limit
+    assert post_multipart(client, at_limit).status_code == 200
+    # The same under a server that sets wsgi.input_terminated, as gunicorn does.
+    environ = EnvironBuilder(
+        path="/enhance",
+        method="POST",
+        data=at_limit,
+        content_type=f"multipart/form-data; boundary={BOUNDARY}",
+    ).get_environ()
+    environ["wsgi.input_terminated"] = True
+    assert client.open(Request(environ)).status_code == 200
+    assert len(stub.predictions) == 2
+
+    over = multipart([("image", "p.png", padded_png(limit - overhead + 1))])
+    assert len(over) == limit + 1
+    body = assert_error(post_multipart(client, over), 413, "PayloadTooLarge")
+    assert "0.191 MB" in body["message"]
+
+    # Chunked, no Content-Length, twice the limit: what gunicorn hands over for Transfer-Encoding:
+    # chunked (wsgi.input_terminated set, the body stream ends where the chunks end).
+    chunked = multipart([("image", "p.png", padded_png(2 * limit))])
+    environ = EnvironBuilder(
+        path="/enhance",
+        method="POST",
+        input_stream=io.BytesIO(chunked),
+        content_type=f"multipart/form-data; boundary={BOUNDARY}",
+    ).get_environ()
+    del environ["CONTENT_LENGTH"]
+    environ.update({"wsgi.input_terminated": True, "HTTP_TRANSFER_ENCODING": "chunked"})
+    assert_error(
+        client.open(Request(environ)), 413, "PayloadTooLarge"
+    )  # a Request keeps the environ as is
+
+    assert len(stub.predictions) == 2  # neither oversized upload reached TorchServe
+
+
+def test_multipart_abuse_is_refused(make_app, stub):
+    client = make_app(MAX_CONTENT_LENGTH=5 * 1024 * 1024).test_client()
+    many_parts = multipart([("scale", None, b"")] * 2000 + [("image", "p.png", image_bytes())])
+    big_field = multipart([("scale", None, b"1" * 1024 * 1024), ("image", "p.png", image_bytes())])
+    tracemalloc.start()
+    try:
+        assert_error(post_multipart(client, many_parts), 413)
+        assert_error(post_multipart(client, big_field), 413)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 * 1024 * 1024  # RELIABILITY F2: memory growth under 20 MB
+    assert stub.predictions == []
+
+
+# -- file names (F3) -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "filename",
+    ["../../etc/passwd", "<script>alert(1)</script>.png", "é" * 5000 + ".png", 'a"; x=".png'],
+    ids=["traversal", "script", "very-long", "quote"],
+)
+def test_file_names_are_never_used_or_reflected(client, stub, filename):
+    ok = upload(client, image_bytes(), filename=filename)
+    refused = upload(client, b"<html>not an image</html>", filename=filename)
+    assert ok.status_code == 200 and refused.status_code == 415
+    for response in (ok, refused):
+        text = response.get_data().decode("latin-1")
+        for piece in ("passwd", "<script>", "alert(1)", "éééé", 'x="'):
+            assert piece not in text
+        assert filename not in json.dumps(dict(response.headers))
+    [(headers, body)] = stub.predictions
+    assert body == image_bytes()
+    assert filename not in json.dumps(headers)
+
+
+def test_uploads_never_touch_the_disk(client, stub, monkeypatch):
+    def no_temp_files(*args, **kwargs):
+        raise AssertionError("an upload was spooled to a temporary file")
+
+    # werkzeug's default puts every uploaded file in a SpooledTemporaryFile (on disk past 500 KB).
+    for name in (
+        "werkzeug.formparser.SpooledTemporaryFile",
+        "tempfile.TemporaryFile",
+        "tempfile.NamedTemporaryFile",
+    ):
+        monkeypatch.setattr(name, no_temp_files)
+    photo = padded_png(150_000)
+    response = upload(client, photo)
+    assert response.status_code == 200
+    assert stub.predictions[0][1] == photo
+
+
+# -- cross-site requests (F6) ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "headers, status",
+    [
+        ({"Origin": "https://evil.example"}, 403),
+        ({"Origin": "null"}, 403),
+        ({"Sec-Fetch-Site": "cross-site", "Origin": "https://evil.example"}, 403),
+        ({"Sec-Fetch-Site": "same-site", "Origin": "http://localhost:8081"}, 403),
+        ({"Sec-Fetch-Site": "cross-site"}, 403),
+        ({"Origin": "http://localhost"}, 200),
+        ({"Sec-Fetch-Site": "same-origin", "Origin": "http://localhost"}, 200),
+        ({}, 200),  # curl and scripts: no browser, no visitor to abuse
+    ],
+)
+def test_cross_site_posts_are_refused(client, stub, headers, status):
+    response = upload(client, image_bytes(), headers=headers)
+    assert response.status_code == status
+    if status == 403:
+        assert_error(response, 403, "Forbidden")
+        assert stub.predictions == []
+    else:
+        assert len(stub.predictions) == 1
+
+
+# -- backend failures (F7, F9, F10, R4) ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "answer, status, kind, retry_after",
+    [
+        (
+            answer_with(
+                400,
+                {"code": 400, "type": "BadRequest", "message": "option 'scale': 9 is out of range"},
+            ),
+            400,
+            "BadRequest",
+            False,
+        ),
+        (
+            answer_with(
+                413,
+                {"code": 413, "type": "PayloadTooLarge", "message": "image too large: 9000x9000"},
+            ),
+            413,
+            "PayloadTooLarge",
+            False,
+        ),
+        (answer_with(413, b"", "text/plain"), 413, "PayloadTooLarge", False),  # Netty's own 413
+        (
+            answer_with(
+                415, {"code": 415, "type": "UnsupportedMediaType", "message": "animated images"}
+            ),
+            415,
+            "UnsupportedMediaType",
+            False,
+        ),
+        (
+            answer_with(
+                500, {"code": 500, "type": "InternalServerException", "message": "Worker died."}
+            ),
+            502,
+            "BadGateway",
+            False,
+        ),
+        (answer_with(503, QUEUE_FULL), 503, "ServiceBusy", True),
+        (
+            answer_with(
+                503,
+                {"code": 503, "type": "InternalServerException", "message": "Prediction failed"},
+            ),
+            502,
+            "BadGateway",
+            False,
+        ),
+        (
+            answer_with(
+                507, {"code": 507, "type": "InsufficientStorage", "message": "out of memory"}
+            ),
+            503,
+            "ServiceBusy",
+            True,
+        ),
+        (answer_with(200, b"<html>oops</html>", "text/html"), 502, "BadGateway", False),
+        (
+            answer_with(
+                502, b'Traceback (most recent call last):\n  File "/srv/x.py"', "text/plain"
+            ),
+            502,
+            "BadGateway",
+            False,
+        ),
+    ],
+    ids=[
+        "400",
+        "413",
+        "413-empty",
+        "415",
+        "500-worker-died",
+        "503-queue-full",
+        "503-prediction-failed",
+        "507",
+        "200-not-an-image",
+        "502-traceback",
+    ],
+)
+def test_torchserve_answers_map_to_clear_errors(client, stub, answer, status, kind, retry_after):
+    stub.answer = answer
+    response = upload(client, image_bytes())
+    body = assert_error(response, status, kind)
+    assert ("Retry-After" in response.headers) == retry_after
+    text = response.get_data(as_text=True)
+    for leak in (
+        "Traceback",
+        'File "',
+        "/srv/",
+        str(stub.key_file.parent),
+        stub.keys["inference"],
+        "127.0.0.1",
+    ):
+        assert leak not in text
+    sent = answer(b"", {})[2]
+    if status in (400, 413, 415) and sent.startswith(b"{"):
+        assert body["message"] == json.loads(sent)["message"]  # the handler's own words
+    # Never sent twice: after a failure the image itself may be what kills the worker.
+    assert len(stub.predictions) == 1
+
+
+def test_unexpected_errors_tell_nothing(client, stub, monkeypatch):
+    def broken(self, data, options):
+        raise RuntimeError("secret detail at /etc/enhancer/config")
+
+    monkeypatch.setattr(TorchServeClient, "enhance", broken)
+    response = upload(client, image_bytes())
+    body = assert_error(response, 500, "InternalServerError")
+    assert "secret" not in body["message"] and "/etc/" not in response.get_data(as_text=True)
+
+
+def test_backend_hang_is_a_504_within_the_read_timeout(make_app, stub):
+    read_timeout = 1.5
+    client = make_app(READ_TIMEOUT=read_timeout).test_client()
+
+    def hang(body, headers):
+        stub.release.wait(30)
+        return 200, "image/png", image_bytes()
+
+    stub.answer = hang
+    started = time.monotonic()
+    response = upload(client, image_bytes())
+    took = time.monotonic() - started
+    body = assert_error(response, 504, "GatewayTimeout")
+    assert "1.5 seconds" in body["message"]
+    assert read_timeout <= took < read_timeout + 1.0, took
+
+
+def test_torchserve_down_then_back_without_restarting_flask(client, stub):
+    assert upload(client, image_bytes()).status_code == 200
+    keys = stub.key_file.read_text()
+    stub.stop()
+    for attempt in range(6):
+        if attempt == 3:
+            stub.key_file.write_text(keys)  # a crash leaves the key file behind: connection refused
+        started = time.monotonic()
+        response = upload(client, image_bytes())
+        assert_error(response, 503, "ServiceUnavailable")
+        assert time.monotonic() - started < 3.0  # refused at once, not a timeout
+    health = client.get("/health")
+    assert health.status_code == 503 and health.get_json()["torchserve"] == "down"
+
+    stub.start()  # same ports, new keys in a new key file, as a restarted TorchServe
+    for _ in range(5):
+        assert upload(client, image_bytes()).status_code == 200
+    assert client.get("/health").status_code == 200
+    assert stub.rotations == 0  # the new key came from the file, no rotation needed
+
+
+def test_queue_full_is_503_with_retry_after_then_recovers(make_app, stub):
+    client = make_app(RETRY_AFTER=7).test_client()
+    stub.answer = answer_with(503, QUEUE_FULL)
+    for _ in range(3):
+        response = upload(client, image_bytes())
+        assert_error(response, 503, "ServiceBusy")
+        assert response.headers["Retry-After"] == "7"
+    stub.answer = enhance_like_handler
+    assert all(upload(client, image_bytes()).status_code == 200 for _ in range(5))
+
+
+def test_connection_dropped_mid_request_is_502(client, stub):
+    def drop(body, headers):
+        raise ConnectionAbortedError  # the stub's handler thread dies: the socket closes unanswered
+
+    stub.answer = drop
+    assert_error(upload(client, image_bytes()), 502, "BadGateway")
+    assert len(stub.predictions) == 1
+
+
+def test_a_result_cut_off_midway_is_not_passed_off_as_complete(client, stub):
+    png = image_bytes(80, 60)
+    stub.answer = lambda body, headers: (200, "image/png", png[:100], len(png))
+    # The page has sent its status line when the body breaks off: it breaks its own answer off too
+    # (the server drops the connection), rather than end a truncated image as if complete.
+    with pytest.raises(Exception, match="IncompleteRead"):
+        upload(client, image_bytes()).get_data()
+
+
+# -- token authorization (S3) ----------------------------------------------------------------------
+
+
+def test_expired_key_is_rotated_once_and_the_upload_succeeds(client, stub, caplog):
+    caplog.set_level("INFO", logger="frontend")
+    assert upload(client, image_bytes()).status_code == 200
+    old = stub.keys["inference"]
+    stub.expire("inference")
+
+    assert upload(client, image_bytes()).status_code == 200
+    assert stub.rotations == 1 and stub.keys["inference"] != old
+    assert json.loads(stub.key_file.read_text())["inference"]["key"] == stub.keys["inference"]
+    assert [r.message for r in caplog.records].count(
+        "TorchServe inference key expired; rotated it through the management API"
+    ) == 1
+    # The expired request and its retry; then the next upload goes straight through.
+    assert upload(client, image_bytes()).status_code == 200
+    assert len(stub.predictions) == 3 and stub.rotations == 1
+
+
+def test_a_replaced_key_file_is_used_without_rotating(client, stub, caplog):
+    caplog.set_level("INFO", logger="frontend")
+    assert upload(client, image_bytes()).status_code == 200
+    # Another worker rotated the key (or TorchServe restarted): the file holds a new key already.
+    stub.keys["inference"] = "newkey01"
+    stub._write_keys()
+    assert upload(client, image_bytes()).status_code == 200
+    assert stub.rotations == 0
+
+
+def test_concurrent_requests_on_an_expired_key_rotate_it_once(app, stub):
+    assert upload(app.test_client(), image_bytes()).status_code == 200
+    stub.expire("inference")
+    statuses = []
+
+    def one():
+        statuses.append(upload(app.test_client(), image_bytes()).status_code)
+
+    threads = [threading.Thread(target=one) for _ in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert statuses == [200] * 6
+    assert stub.rotations == 1
+
+
+def test_key_that_cannot_be_renewed_is_a_503(client, stub):
+    stub.expire("inference")
+    stub.keys["API"] = "changed!"  # the file's API key no longer works either
+    body = assert_error(upload(client, image_bytes()), 503, "ServiceUnavailable")
+    assert "key" in body["message"]
+    assert stub.predictions == []
+
+
+def test_no_key_file_means_service_down(client, stub):
+    stub.key_file.unlink()
+    body = assert_error(upload(client, image_bytes()), 503, "ServiceUnavailable")
+    assert str(stub.key_file) not in body["message"]
+    assert stub.requests == []
+
+
+def test_a_broken_key_file_is_a_503_logged_once(client, stub, caplog):
+    caplog.set_level("INFO", logger="frontend")
+    stub.key_file.write_text('{"inference": {"ke')  # as if caught half written, and left so
+    for _ in range(3):
+        assert_error(upload(client, image_bytes()), 503, "ServiceUnavailable")
+    warnings = [r for r in caplog.records if r.levelname == "WARNING" and "key file" in r.message]
+    assert len(warnings) == 1
+    stub._write_keys()
+    assert upload(client, image_bytes()).status_code == 200
+    assert any("is back" in r.message for r in caplog.records)
+
+
+# -- health ----------------------------------------------------------------------------------------
+
+
+def test_health_ready(client, stub):
+    response = client.get("/health")
+    assert response.status_code == 200
+    assert response.get_json() == {"torchserve": "ready", "model": "READY"}
+    assert ("GET", "/ping") in stub.requests and ("GET", "/models/enhancer") in stub.requests
+
+
+@pytest.mark.parametrize("workers, model", [(["UNLOADING"], "UNLOADING"), ([], "NO_WORKERS")])
+def test_health_model_not_ready(client, stub, workers, model):
+    stub.workers = workers
+    response = client.get("/health")
+    assert response.status_code == 503
+    report = response.get_json()
+    assert report["torchserve"] == "ready" and report["model"] == model and report["message"]
+
+
+def test_health_model_not_loaded(make_app, stub):
+    response = make_app(MODEL_NAME="other").test_client().get("/health")
+    assert response.status_code == 503
+    assert response.get_json()["model"] == "NOT_LOADED"
+
+
+def test_health_rotates_expired_keys(client, stub):
+    stub.expire("inference")
+    stub.expire("management")
+    assert client.get("/health").status_code == 200
+    assert stub.rotations == 2
+
+
+def test_health_without_management_api(make_app, stub):
+    response = make_app(TORCHSERVE_MANAGEMENT_URL="").test_client().get("/health")
+    assert response.status_code == 200
+    assert response.get_json() == {"torchserve": "ready", "model": "unknown"}
+    assert all(path != "/models/enhancer" for _, path in stub.requests)
+
+
+# -- no way through to TorchServe's other APIs (S4), no debugger (F8) ------------------------------
+
+
+@pytest.mark.parametrize("method", ["GET", "POST", "OPTIONS", "PUT", "DELETE"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/metrics",
+        "/models",
+        "/models/enhancer",
+        "/token",
+        "/ping",
+        "/predictions/enhancer",
+        "/api-description",
+        "/console",
+        "/static/../key_file.json",
+        "/static/%2e%2e/__init__.py",
+    ],
+)
+def test_no_route_to_torchserve_or_a_debugger(client, stub, method, path):
+    response = client.open(path, method=method)
+    if method == "OPTIONS" and response.status_code == 200:
+        assert response.get_data() == b""  # Flask's automatic OPTIONS answer: the Allow header only
+    else:
+        assert response.status_code in (404, 405), (method, path, response.status_code)
+    assert stub.requests == []
+
+
+def test_only_the_documented_routes_exist(app):
+    rules = {
+        (rule.rule, tuple(sorted(rule.methods - {"HEAD", "OPTIONS"})))
+        for rule in app.url_map.iter_rules()
+    }
+    assert rules == {
+        ("/", ("GET",)),
+        ("/enhance", ("POST",)),
+        ("/health", ("GET",)),
+        ("/static/<path:filename>", ("GET",)),
+    }
+
+
+def test_method_not_allowed_is_json(client):
+    response = client.get("/enhance")
+    assert_error(response, 405, "MethodNotAllowed")
+    assert "POST" in response.headers["Allow"]
+
+
+def test_production_server_runs_no_debugger(monkeypatch, tmp_path):
+    from scripts import page
+
+    monkeypatch.setenv("FLASK_DEBUG", "1")
+    env = page.page_env("http://127.0.0.1:1", "http://127.0.0.1:2", tmp_path / "key_file.json")
+    assert "FLASK_DEBUG" not in env
+    command = page.gunicorn_command(
+        "127.0.0.1", 5000, error_log=tmp_path / "e", access_log=tmp_path / "a"
+    )
+    assert (
+        command[:3] == [sys.executable, "-m", "gunicorn"] and command[-1] == "frontend:create_app()"
+    )
+    assert command[command.index("--worker-class") + 1] == "gthread"
+    # gunicorn's worker timeout stays above the app's read timeout, so a slow enhancement ends with
+    # the app's 504, not with gunicorn killing the worker.
+    assert int(command[command.index("--timeout") + 1]) > page.APP_READ_TIMEOUT
+    assert not {"--reload", "--debug", "run"} & set(command)
