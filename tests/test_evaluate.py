@@ -1,0 +1,193 @@
+"""evaluate.py computes known PSNR/SSIM on synthetic cases and scores models the documented way."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from scripts import evaluate, export
+from scripts.unet import CompactUNet
+
+pytestmark = pytest.mark.filterwarnings(
+    r"ignore:`torch\.jit\.\w+` is deprecated:DeprecationWarning"
+)
+
+
+def gradient_image(h=64, w=80, seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:h, 0:w]
+    img = np.stack([x * 2 + 40, y * 2 + 40, (x + y) + 60], -1) + rng.integers(0, 20, (h, w, 3))
+    return img.clip(0, 255).astype(np.uint8)
+
+
+def test_bt601_luma_range():
+    assert evaluate.rgb_to_y(np.zeros((1, 1, 3))).item() == pytest.approx(16.0)
+    assert evaluate.rgb_to_y(np.full((1, 1, 3), 255.0)).item() == pytest.approx(235.0)
+    green = evaluate.rgb_to_y(np.array([[[0.0, 255.0, 0.0]]])).item()
+    assert green == pytest.approx(16 + 128.553)
+
+
+def test_psnr_identical_is_infinite_and_ssim_one():
+    a = evaluate.rgb_to_y(gradient_image())
+    assert evaluate.psnr(a, a) == float("inf")
+    assert evaluate.ssim(a, a) == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("offset", [1.0, 2.5, 10.0])
+def test_psnr_of_a_known_error(offset):
+    a = evaluate.rgb_to_y(gradient_image())
+    assert evaluate.psnr(a, a + offset) == pytest.approx(20 * np.log10(255 / offset), abs=1e-9)
+
+
+def test_psnr_of_known_noise_level():
+    a = np.full((256, 256), 128.0)
+    noisy = a + np.random.default_rng(0).normal(0, 5.0, a.shape)
+    assert evaluate.psnr(a, noisy) == pytest.approx(20 * np.log10(255 / 5.0), abs=0.05)  # 34.15 dB
+    s = evaluate.ssim(
+        evaluate.rgb_to_y(gradient_image()), evaluate.rgb_to_y(gradient_image(seed=1))
+    )
+    assert 0 < s < 0.99
+
+
+def test_ssim_reference_values():
+    # a constant offset changes only luminance: SSIM is the luminance term, computable by hand
+    a = np.full((32, 32), 100.0)
+    c1 = (0.01 * 255) ** 2
+    expected = (2 * 100 * 110 + c1) / (100**2 + 110**2 + c1)
+    assert evaluate.ssim(a, a + 10) == pytest.approx(expected, rel=1e-9)
+    # structure reversed (negative correlation) scores below zero
+    pattern = np.tile([0.0, 255.0], (32, 16))
+    assert evaluate.ssim(pattern, 255 - pattern) < 0
+
+
+def test_score_shaves_the_border():
+    hr = gradient_image()
+    sr = hr.copy()
+    sr[:2] = 0
+    sr[:, -2:] = 255
+    assert evaluate.score(sr, hr, 2)[0] == float("inf")
+    assert evaluate.score(sr, hr, 1)[0] < 40
+
+
+@pytest.fixture
+def hr_folder(tmp_path):
+    folder = tmp_path / "set"
+    folder.mkdir()
+    for k in range(2):
+        Image.fromarray(gradient_image(66, 83, seed=k)).save(
+            folder / f"{k}.png"
+        )  # not multiples of 4
+    Image.fromarray(gradient_image(40, 40)[..., 0]).save(
+        folder / "grey.png"
+    )  # grey, as Set14 bridge
+    return folder
+
+
+def test_evaluate_rows_and_table(hr_folder):
+    perfect = {}
+
+    def oracle(lr, scale):  # returns the HR image the LR was made from: the scoring must say inf
+        return perfect[lr.tobytes()]
+
+    def remember(folder):
+        for _, hr in evaluate.hr_images(folder):
+            for s in (2, 4):
+                c = hr.crop((0, 0, hr.width - hr.width % s, hr.height - hr.height % s))
+                lr = c.resize((c.width // s, c.height // s), Image.BICUBIC)
+                perfect[lr.tobytes()] = np.asarray(c)
+
+    remember(hr_folder)
+    rows = evaluate.evaluate(
+        [str(hr_folder)], [2, 4], {"oracle": oracle}, ["bicubic"], 0, log=lambda m: None
+    )
+    assert [(r["set"], r["scale"]) for r in rows] == [("set", 2), ("set", 4)]
+    for r in rows:
+        assert r["oracle"]["psnr"] == float("inf") and r["oracle"]["ssim"] == 1.0
+        assert 20 < r["bicubic"]["psnr"] < 60
+    assert rows[0]["bicubic"]["psnr"] > rows[1]["bicubic"]["psnr"]  # x4 is harder than x2
+    table = evaluate.markdown(rows, ["oracle"], 0, "scripts/evaluate.py ...")
+    assert "| set | x2 |" in table and "Command: `scripts/evaluate.py ...`" in table
+
+
+def test_real_world_track_is_seeded(hr_folder):
+    hr = evaluate.hr_images(str(hr_folder))[0][1]
+    a, ops_a = evaluate.real_world_lr(hr, 2, 0, 123)
+    b, ops_b = evaluate.real_world_lr(hr, 2, 0, 123)
+    c, _ = evaluate.real_world_lr(hr, 2, 1, 123)
+    assert ops_a == ops_b and np.array_equal(np.asarray(a), np.asarray(b))
+    assert not np.array_equal(np.asarray(a), np.asarray(c))
+    rows = evaluate.evaluate([str(hr_folder)], [2], {}, ["real_world"], 123, log=lambda m: None)
+    assert rows[0]["track"] == "real_world" and rows[0]["bicubic"]["psnr"] < 60
+
+
+def test_model_runs_through_the_engine(tmp_path, hr_folder):
+    torch.manual_seed(0)
+    model = CompactUNet((8, 16), (1, 1))
+    with torch.no_grad():
+        model.head.weight.zero_()  # a zero residual: the model is exactly torch's bicubic
+    torch.save(
+        {"model": model.state_dict(), "arch": "compact", "config": model.config()},
+        tmp_path / "m.pth",
+    )
+    pt = tmp_path / "tiny.pt"
+    assert (
+        export.main(
+            [
+                "--weights",
+                str(tmp_path / "m.pth"),
+                "--out",
+                str(pt),
+                "--tile",
+                "32",
+                "--overlap",
+                "8",
+            ]
+        )
+        == 0
+    )
+    run, card = evaluate.engine_upscaler(str(pt), None, "cpu")
+    assert card.tile == 32
+    lr = Image.fromarray(gradient_image(30, 45))
+    out = run(lr, 4)
+    assert out.shape == (120, 180, 3) and out.dtype == np.uint8
+    # two 2x bicubic passes: close to PIL's one 4x bicubic (which has a softer kernel)
+    bic = np.asarray(lr.resize((180, 120), Image.BICUBIC), float)
+    assert np.abs(out - bic).mean() < 2
+    # the direct (checkpoint) path agrees with the engine up to border handling
+    direct = evaluate.direct_upscaler(str(tmp_path / "m.pth"))(lr, 4)
+    assert np.abs(direct[8:-8, 8:-8].astype(float) - out[8:-8, 8:-8]).max() <= 2
+
+    rows = evaluate.evaluate(
+        [str(hr_folder)], [2], {"model": run}, ["bicubic"], 0, log=lambda m: None
+    )
+    card_path = pt.with_suffix(".json")
+    data = json.loads(card_path.read_text())
+    assert "quality" not in data and rows[0]["model"]["psnr"] > 20
+
+
+def test_ssim_separable_window_equals_the_11x11_window():
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.uniform(16, 235, (40, 50)))[None, None]
+    g = evaluate._gaussian_1d()
+    window = (g[:, None] * g[None, :])[None, None]
+    assert window.sum().item() == pytest.approx(1.0)
+    direct = torch.nn.functional.conv2d(x, window)
+    assert torch.allclose(evaluate._filter(x, g), direct, atol=1e-9)
+
+
+def test_measure_speed(tmp_path):
+    torch.manual_seed(0)
+    model = CompactUNet((8, 16), (1, 1))
+    torch.save(
+        {"model": model.state_dict(), "arch": "compact", "config": model.config()},
+        tmp_path / "m.pth",
+    )
+    pt = tmp_path / "tiny.pt"
+    assert export.main(["--weights", str(tmp_path / "m.pth"), "--out", str(pt), "--tile", "32",
+                        "--overlap", "4"]) == 0  # fmt: skip
+    Image.fromarray(gradient_image(40, 50)).save(tmp_path / "p.png")
+    speed = evaluate.measure_speed(str(pt), None, str(tmp_path / "p.png"), "cpu", reps=1)
+    assert speed["output_mp"] == pytest.approx(80 * 100 / 1e6) and speed["output_mp_per_s"] > 0
+    assert speed["tile"] == 32 and speed["overlap"] == 4
