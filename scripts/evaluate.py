@@ -231,6 +231,33 @@ def evaluate(sets, scales, methods, tracks, seed, log=print) -> list[dict]:
     return rows
 
 
+# The default model's targets (DESIGN.md section 8, issue 3): Y-PSNR floors on the bicubic track
+# (FSRCNN level), and the real-world track's gain over bicubic.
+PSNR_TARGETS = {("set5", 2): 37.0, ("set14", 2): 32.6, ("set5", 4): 30.7}
+REAL_WORLD_GAIN_TARGET = {"b100": 2.0, "kodak24": 2.0}
+
+
+def target_checks(rows: list[dict], method: str = "model") -> list[dict]:
+    """Each target that ``rows`` measure, with the measured figure and whether it is met."""
+    checks = []
+    for r in rows:
+        if method not in r:
+            continue
+        key, psnr = (r["set"], r["scale"]), r[method]["psnr"]
+        if r["track"] == "bicubic" and key in PSNR_TARGETS:
+            target = PSNR_TARGETS[key]
+            what = f"{r['set']} x{r['scale']} PSNR"
+            checks.append({"what": what, "target": target, "measured": round(psnr, 2)})
+        elif r["track"] == "real_world" and r["set"] in REAL_WORLD_GAIN_TARGET:
+            target = REAL_WORLD_GAIN_TARGET[r["set"]]
+            gain = psnr - r["bicubic"]["psnr"]
+            what = f"real-world {r['set']} x{r['scale']} gain over bicubic"
+            checks.append({"what": what, "target": target, "measured": round(gain, 2)})
+    for check in checks:
+        check["met"] = check["measured"] >= check["target"]
+    return checks
+
+
 def markdown(rows: list[dict], names: list[str], seed: int, command: str) -> str:
     """The tables: one per track, PSNR / SSIM per method, plus the command that made them."""
     rw = crappify.REAL_WORLD
@@ -254,6 +281,15 @@ def markdown(rows: list[dict], names: list[str], seed: int, command: str) -> str
         for r in (r for r in rows if r["track"] == track):
             cells = [f"{r[c]['psnr']:.2f} / {r[c]['ssim']:.4f}" for c in cols]
             parts.append(f"| {r['set']} | x{r['scale']} | " + " | ".join(cells) + " |")
+        parts.append("")
+    checks = target_checks(rows)
+    if checks:
+        parts.append("Targets (dB):\n")
+        parts.append("| target | floor | measured | met |")
+        parts.append("|---|---|---|---|")
+        for c in checks:
+            met = "yes" if c["met"] else "**no**"
+            parts.append(f"| {c['what']} | {c['target']:.1f} | {c['measured']:.2f} | {met} |")
         parts.append("")
     parts.append(f"Command: `{command}`\n")
     return "\n".join(parts)
@@ -340,6 +376,7 @@ def main() -> None:
                 "degradation": dataclasses.asdict(crappify.REAL_WORLD),
             },
             "results": rows,
+            "targets": target_checks(rows),
             "speed": speed,
             "table": table,
             "command": command,

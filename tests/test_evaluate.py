@@ -111,6 +111,34 @@ def test_evaluate_rows_and_table(hr_folder):
     assert "| set | x2 |" in table and "Command: `scripts/evaluate.py ...`" in table
 
 
+def test_targets_are_checked_against_the_measured_rows():
+    def row(track, name, scale, bicubic, model):
+        return {
+            "track": track,
+            "set": name,
+            "scale": scale,
+            "bicubic": {"psnr": bicubic, "ssim": 0.9},
+            "model": {"psnr": model, "ssim": 0.9},
+        }
+
+    rows = [
+        row("bicubic", "set5", 2, 33.7, 37.2),  # over 37.0
+        row("bicubic", "set14", 2, 30.3, 32.5),  # under 32.6
+        row("bicubic", "b100", 2, 29.6, 31.0),  # no target
+        row("real_world", "kodak24", 2, 28.5, 30.6),  # +2.1
+        row("real_world", "b100", 2, 27.2, 28.0),  # +0.8
+    ]
+    checks = {c["what"]: (c["measured"], c["met"]) for c in evaluate.target_checks(rows)}
+    assert checks == {
+        "set5 x2 PSNR": (37.2, True),
+        "set14 x2 PSNR": (32.5, False),
+        "real-world kodak24 x2 gain over bicubic": (2.1, True),
+        "real-world b100 x2 gain over bicubic": (0.8, False),
+    }
+    table = evaluate.markdown(rows, ["model"], 0, "cmd")
+    assert "| set14 x2 PSNR | 32.6 | 32.50 | **no** |" in table
+
+
 def test_real_world_track_is_seeded(hr_folder):
     hr = evaluate.hr_images(str(hr_folder))[0][1]
     a, ops_a = evaluate.real_world_lr(hr, 2, 0, 123)
