@@ -15,7 +15,6 @@ script lists what the .mar holds and prints its sha256, so a deployment can reco
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import shutil
 import subprocess
@@ -31,7 +30,7 @@ MODEL_STORE = REPO / "model_store"
 DEFAULT_MODEL = MODEL_STORE / "enhancer.pt"
 
 sys.path.insert(0, str(HANDLERS))  # the card module ships in the archive and imports flat
-from card import ModelCard  # noqa: E402
+from card import ModelCard, file_sha256  # noqa: E402
 
 
 class ArchiveError(Exception):
@@ -182,17 +181,8 @@ def describe(mar: Path) -> str:
     with zipfile.ZipFile(mar) as archive:
         for info in archive.infolist():
             lines.append(f"  {info.file_size:>12,}  {info.filename}")
-    lines.append(f"sha256 {file_digest(mar)}  {mar.name}")
+    lines.append(f"sha256 {file_sha256(mar)}  {mar.name}")
     return "\n".join(lines)
-
-
-def file_digest(path: Path) -> str:
-    """Hex sha256 of a file."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -156,7 +156,9 @@ def wait_ready(
     deadline = time.monotonic() + timeout
     while True:
         exited = (
-            process.poll() is not None if process is not None else (pid is None or not _alive(pid))
+            process.poll() is not None
+            if process is not None
+            else (pid is None or not serve.alive(pid))
         )
         if exited:
             raise PageError(f"gunicorn exited during start-up:\n{_tail(log)}")
@@ -173,29 +175,15 @@ def wait_ready(
 
 def stop_pid(pid: int, timeout: float = 40.0) -> bool:
     """Stop the gunicorn master ``pid`` (TERM, then KILL after ``timeout``); whether it ran."""
-    if not _alive(pid) or not _is_gunicorn(pid):
+    if not serve.alive(pid) or not _is_gunicorn(pid):
         return False
     os.kill(pid, signal.SIGTERM)  # graceful: workers finish their requests (--graceful-timeout)
     deadline = time.monotonic() + timeout
-    while _alive(pid) and time.monotonic() < deadline:
+    while serve.alive(pid) and time.monotonic() < deadline:
         time.sleep(0.1)
-    if _alive(pid):
+    if serve.alive(pid):
         os.killpg(pid, signal.SIGKILL)  # its own session: the master and its workers, nothing else
     return True
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
 
 
 def _is_gunicorn(pid: int) -> bool:
@@ -218,7 +206,7 @@ def _read_state() -> dict | None:
     except (OSError, ValueError):
         return None
     pid = state.get("pid")
-    return state if isinstance(pid, int) and _alive(pid) and _is_gunicorn(pid) else None
+    return state if isinstance(pid, int) and serve.alive(pid) and _is_gunicorn(pid) else None
 
 
 def _describe(status: int, report: dict) -> str:

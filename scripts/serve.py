@@ -240,7 +240,7 @@ class Instance:
             pid = int((self.tmpdir / ".model_server.pid").read_text().split()[0])
         except (OSError, ValueError, IndexError):
             return None
-        return pid if _alive(pid) else None
+        return pid if alive(pid) else None
 
     def key(self, kind: str = "inference") -> str:
         """A key from key_file.json, read fresh (keys change at every start and on rotation).
@@ -397,16 +397,16 @@ def stop(instance: Instance, timeout: float = 60.0) -> bool:
         timeout=60,
     )
     deadline = time.monotonic() + timeout
-    while _alive(pid) and time.monotonic() < deadline:
+    while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.2)
     for child in [pid, *workers]:  # only this instance's processes, by pid, if still TorchServe's
-        if _alive(child) and _is_torchserve(child):
+        if alive(child) and _is_torchserve(child):
             os.kill(child, signal.SIGKILL)
     (instance.workdir / "key_file.json").unlink(missing_ok=True)
     return True
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     """Whether ``pid`` runs (a zombie, dead but not yet reaped, counts as gone)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -489,7 +489,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         mar = archive.build_archive(model, name=MODEL_NAME, export_path=MODEL_STORE)
     except archive.ArchiveError as error:
         raise ServeError(str(error)) from None
-    digest = archive.file_digest(mar)
+    digest = archive.file_sha256(mar)
     print(f"serve: archive {'built' if stale else 'up to date'}: {mar} (sha256 {digest[:16]}...)")
     launch(instance, CONFIG, MODEL_STORE, f"{MODEL_NAME}={mar.name}")
     print(f"serve: TorchServe starting from {instance.workdir}; waiting for a READY worker...")

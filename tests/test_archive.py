@@ -119,7 +119,7 @@ def test_command_line_lists_contents_and_sha256(tmp_path, model, capsys):
     mar = tmp_path / "enhancer.mar"
     assert f"archive: built: {mar}" in out
     assert "enhancer_handler.py" in out and "model-config.yaml" in out and "enhancer.json" in out
-    assert f"sha256 {archive.file_digest(mar)}  enhancer.mar" in out
+    assert f"sha256 {archive.file_sha256(mar)}  enhancer.mar" in out
     assert archive.main(["--model", str(model), "--export-path", str(tmp_path)]) == 0
     assert "archive: up to date" in capsys.readouterr().out
 
