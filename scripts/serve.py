@@ -56,6 +56,10 @@ _LOAD_FAILURES = (
     re.compile(r"Worker disconnected\. WORKER_STARTED"),
 )
 _ERROR_LINE = re.compile(r"MODEL_LOG - ((?:[\w.]+)?(?:Error|Exception)\b.*)$")
+_DIED = "the worker died while loading the model (see the log)"
+# The frontend's log can show the worker's death before the model log holds the worker's error
+# line (both are written asynchronously): wait this long for that line before reporting without it.
+_ERROR_LINE_GRACE_S = 5.0
 
 
 class ServeError(Exception):
@@ -306,7 +310,7 @@ class Instance:
         if not any(pattern.search(text) for pattern in _LOAD_FAILURES):
             return None
         errors = [m.group(1).strip() for m in map(_ERROR_LINE.search, text.splitlines()) if m]
-        return errors[-1] if errors else "the worker died while loading the model (see the log)"
+        return errors[-1] if errors else _DIED
 
 
 def launch(instance: Instance, config: Path, model_store: Path, archives: str) -> None:
@@ -361,6 +365,7 @@ def wait_ready(instance: Instance, timeout: float) -> float:
             shows it), or ``timeout`` passed; the message holds the log's error and last lines.
     """
     started = time.monotonic()
+    died_at = None
     while True:
         waited = time.monotonic() - started
         if instance.pid() is None:
@@ -368,6 +373,10 @@ def wait_ready(instance: Instance, timeout: float) -> float:
         if instance.ready():
             return waited
         error = instance.load_error()
+        if error == _DIED:
+            died_at = waited if died_at is None else died_at
+            if waited - died_at < _ERROR_LINE_GRACE_S:
+                error = None  # the worker's own error line may not be in its log yet
         if error:
             raise ServeError(
                 f"the worker cannot load model '{instance.model_name}': {error}\n"

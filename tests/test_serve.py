@@ -134,3 +134,38 @@ def test_load_error_is_read_from_the_worker_log(tmp_path):
         + "ValueError: model card: missing field 'tile'\n"
     )
     assert instance.load_error() == "ValueError: model card: missing field 'tile'"
+
+
+class _LoadingInstance:
+    """Stands in for a starting TorchServe whose worker dies; its error line arrives late."""
+
+    model_name = "enhancer"
+
+    def __init__(self, errors):
+        self.errors = list(errors)
+
+    def pid(self):
+        return 1
+
+    def ready(self):
+        return False
+
+    def load_error(self):
+        return self.errors.pop(0) if len(self.errors) > 1 else self.errors[0]
+
+    def log_tail(self):
+        return "(log)"
+
+
+def test_wait_ready_waits_for_the_workers_error_line():
+    late = _LoadingInstance([None, serve._DIED, serve._DIED, "ValueError: bad card"])
+    with pytest.raises(
+        serve.ServeError, match="cannot load model 'enhancer': ValueError: bad card"
+    ):
+        serve.wait_ready(late, timeout=60)
+
+
+def test_wait_ready_reports_a_death_without_error_line_after_the_grace(monkeypatch):
+    monkeypatch.setattr(serve, "_ERROR_LINE_GRACE_S", 0.5)
+    with pytest.raises(serve.ServeError, match="worker died while loading"):
+        serve.wait_ready(_LoadingInstance([serve._DIED]), timeout=60)
