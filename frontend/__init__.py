@@ -4,7 +4,8 @@
     gunicorn -k gthread -b 127.0.0.1:5000 'frontend:create_app()'   # what scripts/page.py runs
 
 Settings come from ``FLASK_``-prefixed environment variables (``FLASK_TORCHSERVE_URL=...``,
-``FLASK_READ_TIMEOUT=120``; values are parsed as JSON where they can be), or from ``test_config``.
+``FLASK_READ_TIMEOUT=120``, ``FLASK_MAX_UPLOAD_BYTES=20000000``; values are parsed as JSON where
+they can be), or from ``test_config``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from flask import Flask
 
 from . import views
-from .security import InMemoryRequest
+from .security import InMemoryRequest, check_upload_limits
 from .torchserve_client import TorchServeClient
 
 REPO = Path(__file__).resolve().parent.parent
@@ -38,15 +39,18 @@ def create_app(test_config: dict | None = None) -> Flask:
         READ_TIMEOUT=310.0,
         STATUS_TIMEOUT=5.0,
         RETRY_AFTER=10,
-        # Uploads: one image of up to 50 MiB, a few option fields, nothing else.
-        MAX_CONTENT_LENGTH=50 * 1024 * 1024,
+        # Uploads: one image of up to MAX_UPLOAD_BYTES, a few option fields, nothing else. The
+        # body limit (MAX_CONTENT_LENGTH) is derived: the image plus FORM_ALLOWANCE for the
+        # multipart framing, the file name and the option fields. See check_upload_limits.
+        MAX_UPLOAD_BYTES=50 * 1024 * 1024,
         MAX_FORM_PARTS=16,
-        MAX_FORM_MEMORY_SIZE=64 * 1024,
+        MAX_FORM_MEMORY_SIZE=256 * 1024,
     )
     if test_config is None:
         app.config.from_prefixed_env()
     else:
         app.config.from_mapping(test_config)
+    check_upload_limits(app.config)
 
     _log_through_gunicorn()
     app.extensions["torchserve"] = TorchServeClient.from_config(app.config)

@@ -87,6 +87,58 @@ def cross_site(request: Request) -> bool:
     return urlsplit(origin).netloc.lower() != request.host.lower()
 
 
+# werkzeug's multipart parser reads the body in pieces of this size (MultiPartParser's default
+# buffer_size) and applies MAX_FORM_MEMORY_SIZE to its whole buffer, file parts included: a piece
+# plus the few bytes it holds back when a piece ends near a line break must fit, or an ordinary
+# photo is refused as too large. (Seen with werkzeug 3.1.8 and 3.1.9 and a 64 KiB setting: most
+# real JPEGs and PNGs over 64 KiB got a 413.) Fields must stay small, so the setting is bounded
+# from below here and from above by the option check in views.py.
+PARSER_READ_SIZE = 64 * 1024
+MIN_FORM_MEMORY_SIZE = 2 * PARSER_READ_SIZE
+# Multipart framing, the file name and the option fields, on top of the image itself.
+FORM_ALLOWANCE = 64 * 1024
+
+
+def check_upload_limits(config) -> None:
+    """Validate the upload settings and derive the body limit (MAX_CONTENT_LENGTH) from them.
+
+    MAX_UPLOAD_BYTES is the one size users are told: the largest image. The body may be larger by
+    FORM_ALLOWANCE, so that an image of exactly MAX_UPLOAD_BYTES, sent as a form with its options,
+    passes, and one byte more is refused by the image check in views.py, naming the image limit.
+    """
+    if "MAX_CONTENT_LENGTH" in config and config["MAX_CONTENT_LENGTH"] is not None:
+        raise ValueError(
+            "Set MAX_UPLOAD_BYTES (the largest image), not MAX_CONTENT_LENGTH: the body limit is "
+            "derived from it."
+        )
+    upload = config["MAX_UPLOAD_BYTES"]
+    if not isinstance(upload, int) or upload < 1:
+        raise ValueError(f"MAX_UPLOAD_BYTES must be a positive number of bytes, not {upload!r}")
+    if config["MAX_FORM_MEMORY_SIZE"] < MIN_FORM_MEMORY_SIZE:
+        raise ValueError(
+            f"MAX_FORM_MEMORY_SIZE must be at least {MIN_FORM_MEMORY_SIZE} bytes: werkzeug applies "
+            f"it to each {PARSER_READ_SIZE}-byte read of the image too"
+        )
+    config["MAX_CONTENT_LENGTH"] = upload + FORM_ALLOWANCE
+
+
+class BodyTooLarge(RequestEntityTooLarge):
+    """The request body is over MAX_CONTENT_LENGTH (declared, or counted while it streams in).
+
+    Its own class, so that the page's 413 text can say which limit was hit: werkzeug raises plain
+    RequestEntityTooLarge for too many form parts and for an option field that is too long.
+    """
+
+
+class _CappedStream(LimitedStream):
+    """A body with no declared length, cut off at the maximum with BodyTooLarge."""
+
+    def on_exhausted(self) -> None:
+        if self._limit_is_max:
+            raise BodyTooLarge()
+        super().on_exhausted()
+
+
 class InMemoryRequest(Request):
     """A Flask request whose uploads stay in memory and whose size limit is exact.
 
@@ -96,16 +148,20 @@ class InMemoryRequest(Request):
       ``wsgi.input_terminated`` (gunicorn does), werkzeug 3.1 limits even a body with a
       Content-Length by MAX_CONTENT_LENGTH as a maximum, and the parser's final read at that
       position raises 413; a declared length is limited by itself instead.
+    - A body over the limit raises BodyTooLarge, declared or chunked.
     """
 
     @cached_property
     def stream(self) -> IO[bytes]:
         length = self.content_length
         limit = self.max_content_length
-        if length is not None and limit is not None and "wsgi.input_terminated" in self.environ:
-            if length > limit:
-                raise RequestEntityTooLarge()
-            return LimitedStream(self.environ["wsgi.input"], length)
+        if length is not None and limit is not None and length > limit:
+            raise BodyTooLarge()
+        if "wsgi.input_terminated" in self.environ:
+            if length is not None:
+                return LimitedStream(self.environ["wsgi.input"], length)
+            if limit is not None:
+                return _CappedStream(self.environ["wsgi.input"], limit, is_max=True)
         return get_input_stream(self.environ, max_content_length=limit)
 
     def _get_file_stream(

@@ -437,7 +437,8 @@ class TorchServeClient:
         logger.info("TorchServe answered %d %s: %s", status, kind, message)
         if status in _CLIENT_ERRORS:
             if status == 413 and not message:
-                message = "The image is larger than the enhancement service accepts."
+                # TorchServe's own max_request_size (bytes); its pixel limits come with a message.
+                message = "The upload is over the enhancement service's request size limit."
             return TorchServeError(
                 status, kind or _CLIENT_ERRORS[status], message or "The image was refused."
             )

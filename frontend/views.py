@@ -21,7 +21,7 @@ from flask import (
 )
 from werkzeug.exceptions import HTTPException
 
-from .security import ALLOWED_TEXT, SECURITY_HEADERS, cross_site, sniff_image
+from .security import ALLOWED_TEXT, SECURITY_HEADERS, BodyTooLarge, cross_site, sniff_image
 from .torchserve_client import TorchServeClient, TorchServeError
 
 logger = logging.getLogger(__name__)
@@ -85,8 +85,7 @@ def http_error(error: HTTPException) -> Response:
     """Answer HTTP errors (404, 405, 413, ...) as JSON, without echoing anything the client sent."""
     status = error.code or 500
     if status == 413:
-        limit = current_app.config["MAX_CONTENT_LENGTH"]
-        message = f"The upload is too large: one image of at most {_megabytes(limit)} per request."
+        message = _too_large_message(error)
     elif status == 404:
         message = "There is nothing at this address."
     elif status == 405:
@@ -99,6 +98,23 @@ def http_error(error: HTTPException) -> Response:
     return response
 
 
+def _too_large_message(error: HTTPException) -> str:
+    """Name the limit that was really hit: the body's bytes, or the form's parts and fields."""
+    config = current_app.config
+    if isinstance(error, BodyTooLarge):
+        sent = request.content_length
+        size = f" ({_megabytes(sent)} sent)" if sent else ""
+        return (
+            f"The upload is too large{size}: one image of at most "
+            f"{_megabytes(config['MAX_UPLOAD_BYTES'])} per request."
+        )
+    # werkzeug's own limits while parsing the form: the image is not what is too big.
+    return (
+        f"The form is too large: at most {config['MAX_FORM_PARTS']} parts, each option field at "
+        f"most {config['MAX_FORM_MEMORY_SIZE'] // 1024} KB. Send one image and its options."
+    )
+
+
 @bp.app_errorhandler(Exception)
 def unexpected_error(error: Exception) -> Response:
     """Log a bug with its traceback, and tell the user only that it happened."""
@@ -109,7 +125,7 @@ def unexpected_error(error: Exception) -> Response:
 @bp.get("/")
 def index():
     """Show the page."""
-    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    limit = current_app.config["MAX_UPLOAD_BYTES"]
     page_config = {
         "enhanceUrl": url_for("main.enhance"),
         "healthUrl": url_for("main.health"),
@@ -130,7 +146,8 @@ def index():
 @bp.post("/enhance")
 def enhance():
     """Enhance one uploaded image through TorchServe and stream the result back."""
-    # Reading the form enforces MAX_CONTENT_LENGTH, MAX_FORM_PARTS and MAX_FORM_MEMORY_SIZE (413).
+    # Reading the form enforces MAX_CONTENT_LENGTH (BodyTooLarge), MAX_FORM_PARTS and
+    # MAX_FORM_MEMORY_SIZE (413); the image's own size is checked below.
     form, files = request.form, request.files
     unknown = [name for name in form if name not in OPTION_NAMES]
     unknown += [name for name in files if name != IMAGE_FIELD]
@@ -149,6 +166,14 @@ def enhance():
     data = uploads[0].read()
     if not data:
         abort(400, "The file is empty.")
+    limit = current_app.config["MAX_UPLOAD_BYTES"]
+    if len(data) > limit:
+        return error_response(
+            413,
+            "PayloadTooLarge",
+            f"The image is too large: {len(data):,} bytes; the limit is {limit:,} bytes "
+            f"({_megabytes(limit)}) per image.",
+        )
     # The name and declared type of an upload are whatever the client says; the bytes are not.
     if sniff_image(data) is None:
         return error_response(

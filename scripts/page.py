@@ -10,7 +10,7 @@ development server. It finds TorchServe the way ``scripts/serve.py`` runs it: th
 repository's ``config.properties`` and the key file ``.run/key_file.json``. Its pid and address are
 kept in ``.run/page.json``, its logs in ``.run/logs/page.log`` (errors, key rotations) and
 ``.run/logs/page_access.log``. Settings of the app itself can be given as ``FLASK_*`` environment
-variables (``FLASK_MAX_CONTENT_LENGTH=20000000``); see frontend/__init__.py.
+variables (``FLASK_MAX_UPLOAD_BYTES=20000000``); see frontend/__init__.py.
 
 The functions here are also how the browser tests start their page (tests/test_browser_e2e.py).
 """

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import io
 import json
+import random
 import re
 import secrets
 import sys
@@ -31,7 +32,7 @@ from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
 from frontend import create_app
-from frontend.security import sniff_image
+from frontend.security import FORM_ALLOWANCE, MIN_FORM_MEMORY_SIZE, sniff_image
 from frontend.torchserve_client import TorchServeClient
 
 INVALID_KEY = {
@@ -269,12 +270,19 @@ def image_bytes(width: int = 40, height: int = 30, fmt: str = "PNG") -> bytes:
     return buffer.getvalue()
 
 
+def noise(size: int, seed: int = 0) -> bytes:
+    """``size`` bytes that do not compress: what the body of a real JPEG or PNG looks like to a
+    parser (line breaks anywhere, no long runs)."""
+    return random.Random(seed).randbytes(size)
+
+
 def padded_png(size: int) -> bytes:
-    """A valid 40x30 PNG of exactly ``size`` bytes (padded with a private ancillary chunk)."""
+    """A valid 40x30 PNG of exactly ``size`` bytes (padded with a private ancillary chunk of
+    incompressible bytes)."""
     base = image_bytes()
     pad = size - len(base) - 12  # chunk length + type + CRC
     assert pad >= 0, f"{size} bytes is smaller than the base PNG"
-    chunk_type, data = b"prVt", b"\0" * pad
+    chunk_type, data = b"prVt", noise(pad)
     chunk = (
         len(data).to_bytes(4, "big")
         + chunk_type
@@ -283,6 +291,25 @@ def padded_png(size: int) -> bytes:
     )
     iend = base.rindex(b"IEND") - 4
     return base[:iend] + chunk + base[iend:]
+
+
+def padded_jpeg(size: int) -> bytes:
+    """A valid 40x30 JPEG of exactly ``size`` bytes (comment segments of incompressible bytes)."""
+    base = image_bytes(fmt="JPEG")
+    left = size - len(base)
+    assert left == 0 or left >= 4, f"{size} bytes cannot be reached from {len(base)}"
+    segments, k = [], 0
+    while left:
+        n = min(left, 65535 + 2)
+        if 0 < left - n < 4:  # keep room for one more segment header
+            n = left - 4
+        segments.append(b"\xff\xfe" + (n - 2).to_bytes(2, "big") + noise(n - 4, seed=k))
+        left, k = left - n, k + 1
+    return base[:2] + b"".join(segments) + base[2:]
+
+
+def padded_image(fmt: str, size: int) -> bytes:
+    return padded_png(size) if fmt == "png" else padded_jpeg(size)
 
 
 BOUNDARY = "----enhancer-test-boundary"
@@ -349,7 +376,7 @@ def make_app(stub):
             "CONNECT_TIMEOUT": 2.0,
             "READ_TIMEOUT": 10.0,
             "STATUS_TIMEOUT": 2.0,
-            "MAX_CONTENT_LENGTH": 200_000,
+            "MAX_UPLOAD_BYTES": 200_000,
         }
         config.update(overrides)
         return create_app(config)
@@ -386,14 +413,16 @@ def assert_error(response, status: int, kind: str | None = None) -> dict:
 def test_defaults_and_environment(monkeypatch):
     monkeypatch.setenv("FLASK_TORCHSERVE_URL", "http://127.0.0.1:18080")
     monkeypatch.setenv("FLASK_READ_TIMEOUT", "42")
-    monkeypatch.setenv("FLASK_MAX_CONTENT_LENGTH", "1000")
+    monkeypatch.setenv("FLASK_MAX_UPLOAD_BYTES", "1000")
     monkeypatch.delenv("FLASK_DEBUG", raising=False)
     app = create_app()
     assert app.config["TORCHSERVE_URL"] == "http://127.0.0.1:18080"
     assert app.config["READ_TIMEOUT"] == 42  # parsed as JSON
-    assert app.config["MAX_CONTENT_LENGTH"] == 1000
+    assert app.config["MAX_UPLOAD_BYTES"] == 1000
+    assert app.config["MAX_CONTENT_LENGTH"] == 1000 + FORM_ALLOWANCE
     assert app.config["KEY_FILE"].endswith(".run/key_file.json")
-    assert app.config["MAX_FORM_PARTS"] <= 100 and app.config["MAX_FORM_MEMORY_SIZE"] <= 1024 * 1024
+    assert app.config["MAX_FORM_PARTS"] <= 100
+    assert MIN_FORM_MEMORY_SIZE <= app.config["MAX_FORM_MEMORY_SIZE"] <= 1024 * 1024
     assert not app.debug and not app.testing
     client = app.extensions["torchserve"]
     assert client.inference_url == "http://127.0.0.1:18080" and client.read_timeout == 42
@@ -576,60 +605,115 @@ def test_content_is_sniffed_not_trusted(client, stub, data):
 # -- limits (F1, F2) -------------------------------------------------------------------------------
 
 
-def test_upload_limit_exact_plus_one_and_chunked(make_app, stub):
-    limit = 200_000
-    client = make_app(MAX_CONTENT_LENGTH=limit).test_client()
-    overhead = len(multipart([("image", "p.png", b"")]))
+def test_upload_settings_are_checked(monkeypatch):
+    with pytest.raises(ValueError, match="MAX_UPLOAD_BYTES"):
+        create_app({"TESTING": True, "MAX_CONTENT_LENGTH": 1000})
+    with pytest.raises(ValueError, match="MAX_FORM_MEMORY_SIZE"):
+        create_app({"TESTING": True, "MAX_FORM_MEMORY_SIZE": 64 * 1024})  # the 3.1.9 trap
+    with pytest.raises(ValueError, match="MAX_UPLOAD_BYTES"):
+        create_app({"TESTING": True, "MAX_UPLOAD_BYTES": 0})
 
-    at_limit = multipart([("image", "p.png", padded_png(limit - overhead))])
-    assert len(at_limit) == limit
-    assert post_multipart(client, at_limit).status_code == 200
-    # The same under a server that sets wsgi.input_terminated, as gunicorn does.
+
+def gunicorn_like(body: bytes, *, chunked: bool = False) -> Request:
+    """The request as gunicorn hands it over: wsgi.input_terminated set; chunked: no length."""
     environ = EnvironBuilder(
         path="/enhance",
         method="POST",
-        data=at_limit,
+        input_stream=io.BytesIO(body),
+        content_length=None if chunked else len(body),
         content_type=f"multipart/form-data; boundary={BOUNDARY}",
     ).get_environ()
+    if chunked:
+        environ.pop("CONTENT_LENGTH", None)
+        environ["HTTP_TRANSFER_ENCODING"] = "chunked"
     environ["wsgi.input_terminated"] = True
-    assert client.open(Request(environ)).status_code == 200
+    return Request(environ)  # a Request keeps the environ as is
+
+
+MiB = 1024 * 1024
+
+
+@pytest.mark.parametrize("fields", ["before", "after"])
+@pytest.mark.parametrize("fmt", ["png", "jpeg"])
+@pytest.mark.parametrize(
+    "size",
+    [64 * 1024 - 1, 64 * 1024 + 1, 1_000_000, 10_000_000, 50 * MiB],
+    ids=["64KiB-1", "64KiB+1", "1MB", "10MB", "50MiB"],
+)
+def test_real_photo_sizes_pass_up_to_the_limit(make_app, stub, size, fmt, fields):
+    """Images of incompressible bytes up to the documented 50 MB go through, with the options
+    before or after the file, through Flask's own request and as gunicorn hands it over."""
+    client = make_app(MAX_UPLOAD_BYTES=50 * MiB).test_client()
+    image = padded_image(fmt, size)
+    assert len(image) == size
+    options = [("scale", None, b"2"), ("format", None, b"png")]
+    file_part = [("image", f"photo.{fmt}", image)]
+    body = multipart(options + file_part if fields == "before" else file_part + options)
+    for response in (
+        post_multipart(client, body),
+        client.open(gunicorn_like(body)),
+    ):
+        assert response.status_code == 200, response.get_data(as_text=True)[:300]
+        assert Image.open(io.BytesIO(response.data)).size == (80, 60)
+    assert len(stub.predictions) == 2
+    assert all(sent == image for _, sent in stub.predictions)
+
+
+def test_upload_limit_exact_plus_one_and_chunked(make_app, stub):
+    limit = 200_000
+    client = make_app(MAX_UPLOAD_BYTES=limit).test_client()
+    fields = [("scale", None, b"2"), ("format", None, b"png")]
+
+    # An image of exactly the limit, with its options, passes; under gunicorn too.
+    at_limit = multipart(fields + [("image", "p.png", padded_png(limit))])
+    assert len(at_limit) > limit  # the framing and fields come on top
+    assert post_multipart(client, at_limit).status_code == 200
+    assert client.open(gunicorn_like(at_limit)).status_code == 200
     assert len(stub.predictions) == 2
 
-    over = multipart([("image", "p.png", padded_png(limit - overhead + 1))])
-    assert len(over) == limit + 1
-    body = assert_error(post_multipart(client, over), 413, "PayloadTooLarge")
-    assert "0.191 MB" in body["message"]
+    # One byte more: refused by the image check, which names the image limit.
+    over = multipart(fields + [("image", "p.png", padded_png(limit + 1))])
+    for response in (post_multipart(client, over), client.open(gunicorn_like(over))):
+        body = assert_error(response, 413, "PayloadTooLarge")
+        assert "image is too large: 200,001 bytes" in body["message"]
+        assert "200,000 bytes" in body["message"]
+
+    # A body past the body limit (image + FORM_ALLOWANCE): refused before the form is parsed.
+    huge = multipart([("image", "p.png", padded_png(limit + FORM_ALLOWANCE))])
+    body = assert_error(post_multipart(client, huge), 413, "PayloadTooLarge")
+    assert body["message"].startswith("The upload is too large (")
+    assert "at most 0.191 MB per request" in body["message"]
 
     # Chunked, no Content-Length, twice the limit: what gunicorn hands over for Transfer-Encoding:
     # chunked (wsgi.input_terminated set, the body stream ends where the chunks end).
-    chunked = multipart([("image", "p.png", padded_png(2 * limit))])
-    environ = EnvironBuilder(
-        path="/enhance",
-        method="POST",
-        input_stream=io.BytesIO(chunked),
-        content_type=f"multipart/form-data; boundary={BOUNDARY}",
-    ).get_environ()
-    del environ["CONTENT_LENGTH"]
-    environ.update({"wsgi.input_terminated": True, "HTTP_TRANSFER_ENCODING": "chunked"})
-    assert_error(
-        client.open(Request(environ)), 413, "PayloadTooLarge"
-    )  # a Request keeps the environ as is
+    chunked = multipart([("image", "p.png", padded_png(2 * limit + FORM_ALLOWANCE))])
+    body = assert_error(client.open(gunicorn_like(chunked, chunked=True)), 413, "PayloadTooLarge")
+    assert body["message"].startswith("The upload is too large:")
 
-    assert len(stub.predictions) == 2  # neither oversized upload reached TorchServe
+    assert len(stub.predictions) == 2  # no oversized upload reached TorchServe
 
 
 def test_multipart_abuse_is_refused(make_app, stub):
-    client = make_app(MAX_CONTENT_LENGTH=5 * 1024 * 1024).test_client()
+    client = make_app(MAX_UPLOAD_BYTES=5 * 1024 * 1024).test_client()
     many_parts = multipart([("scale", None, b"")] * 2000 + [("image", "p.png", image_bytes())])
     big_field = multipart([("scale", None, b"1" * 1024 * 1024), ("image", "p.png", image_bytes())])
+    just_over = multipart(
+        [("scale", None, b"1" * (256 * 1024 + 1)), ("image", "p.png", image_bytes())]
+    )
     tracemalloc.start()
     try:
-        assert_error(post_multipart(client, many_parts), 413)
-        assert_error(post_multipart(client, big_field), 413)
+        for body in (many_parts, big_field, just_over):
+            message = assert_error(post_multipart(client, body), 413)["message"]
+            # Not the image's fault, and the text says which limits apply.
+            assert message.startswith("The form is too large: at most 16 parts"), message
+            assert "256 KB" in message
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     assert peak < 20 * 1024 * 1024  # RELIABILITY F2: memory growth under 20 MB
+    # A field within werkzeug's limit but no option value: the option check's 400, not a 413.
+    long_field = multipart([("scale", None, b"1" * 1000), ("image", "p.png", image_bytes())])
+    assert_error(post_multipart(client, long_field), 400, "BadRequest")
     assert stub.predictions == []
 
 
