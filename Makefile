@@ -58,7 +58,7 @@ docker-cuda:
 	docker build --build-arg VARIANT=cuda -t $(IMAGE):cuda .
 
 # -- Train, export, evaluate (README "Train, export, evaluate") -----------------------------------
-.PHONY: train finetune train-tiny export evaluate
+.PHONY: train finetune train-tiny export evaluate sheets
 DATA ?= ../shared/data
 RUN ?= runs/default
 EVAL_SETS ?= $(DATA)/eval/set5 $(DATA)/eval/set14 $(DATA)/eval/b100 $(DATA)/eval/kodak24
@@ -82,7 +82,14 @@ export: setup-dev
 	$(PY) scripts/export.py --weights $(RUN)/model.pth --out model_store/enhancer.pt --tile 256 \
 		--overlap auto --seam-image $(DATA)/eval/kodak24/kodim01.png
 
-# PSNR/SSIM tables (bicubic and real-world tracks) through the engine; stores them in the card.
+# PSNR/SSIM tables (bicubic, real-world and heavy tracks) and the colour check, through the engine;
+# stores them in the card.
 evaluate: setup-dev
 	$(PY) scripts/evaluate.py --model model_store/enhancer.pt --sets $(EVAL_SETS) --scales 2 4 \
 		--out runs/eval.md --json runs/eval.json --write-card
+
+# Contact sheets to look at (bicubic | model | original, with a 4x zoomed crop): Kodak24 x2, every
+# track, into runs/sheets/.
+sheets: setup-dev
+	$(PY) scripts/evaluate.py --model model_store/enhancer.pt --sets $(DATA)/eval/kodak24 --scales 2 \
+		--sheets runs/sheets --out runs/sheets/eval.md

@@ -112,31 +112,88 @@ def test_evaluate_rows_and_table(hr_folder):
 
 
 def test_targets_are_checked_against_the_measured_rows():
-    def row(track, name, scale, bicubic, model):
-        return {
+    def row(track, name, scale, bicubic, model, shift=None):
+        r = {
             "track": track,
             "set": name,
             "scale": scale,
             "bicubic": {"psnr": bicubic, "ssim": 0.9},
             "model": {"psnr": model, "ssim": 0.9},
         }
+        if shift is not None:
+            r["colour_shift"] = {"model": shift}
+        return r
 
     rows = [
-        row("bicubic", "set5", 2, 33.7, 37.2),  # over 37.0
-        row("bicubic", "set14", 2, 30.3, 32.5),  # under 32.6
-        row("bicubic", "b100", 2, 29.6, 31.0),  # no target
+        row("bicubic", "set5", 2, 33.7, 37.6),  # over 37.5
+        row("bicubic", "set14", 2, 30.3, 32.9, shift=0.4),  # under 33.0; colour within 1/255
+        row("bicubic", "kodak24", 2, 29.6, 31.0),  # no target
         row("real_world", "kodak24", 2, 28.5, 30.6),  # +2.1
-        row("real_world", "b100", 2, 27.2, 28.0),  # +0.8
+        row("real_world", "b100", 2, 27.2, 28.0, shift=1.7),  # +0.8; colour off by 1.7 levels
+        row("heavy", "b100", 2, 24.0, 27.5),  # +3.5
     ]
     checks = {c["what"]: (c["measured"], c["met"]) for c in evaluate.target_checks(rows)}
     assert checks == {
-        "set5 x2 PSNR": (37.2, True),
-        "set14 x2 PSNR": (32.5, False),
+        "set5 x2 PSNR": (37.6, True),
+        "set14 x2 PSNR": (32.9, False),
+        "bicubic set14 x2 colour shift (levels, max over images)": (0.4, True),
         "real-world kodak24 x2 gain over bicubic": (2.1, True),
         "real-world b100 x2 gain over bicubic": (0.8, False),
+        "real_world b100 x2 colour shift (levels, max over images)": (1.7, False),
+        "heavy b100 x2 gain over bicubic": (3.5, True),
     }
     table = evaluate.markdown(rows, ["model"], 0, "cmd")
-    assert "| set14 x2 PSNR | 32.6 | 32.50 | **no** |" in table
+    assert "| set14 x2 PSNR | 33.0 | 32.90 | **no** |" in table
+    assert "Heavy track (seed 0)" in table
+
+
+def test_heavy_track_is_seeded_noisy_and_blocky(hr_folder):
+    hr = evaluate.hr_images(str(hr_folder))[0][1].crop((0, 0, 80, 64))
+    a = np.asarray(evaluate.heavy_lr(hr, 2, 0, 7), dtype=np.float64)
+    b = np.asarray(evaluate.heavy_lr(hr, 2, 0, 7), dtype=np.float64)
+    c = np.asarray(evaluate.heavy_lr(hr, 2, 1, 7), dtype=np.float64)
+    clean = np.asarray(hr.resize((40, 32), Image.BICUBIC), dtype=np.float64)
+    assert np.array_equal(a, b) and not np.array_equal(a, c)
+    # noise sigma 10-15 then JPEG 20-30: far from the clean LR, but the same picture
+    error = np.sqrt(np.mean((a - clean) ** 2))
+    assert 4 < error < 25, error
+    rows = evaluate.evaluate([str(hr_folder)], [2], {}, ["heavy"], 7, log=lambda m: None)
+    assert rows[0]["track"] == "heavy" and rows[0]["bicubic"]["psnr"] < 35
+
+
+def test_colour_shift_and_contact_sheets(tmp_path, hr_folder):
+    def tinted(lr, scale):  # bicubic, with the red channel lifted by 3 levels
+        out = np.asarray(lr.resize((lr.width * scale, lr.height * scale), Image.BICUBIC))
+        out = out.astype(np.int16)
+        out[..., 0] += 3
+        return out.clip(0, 255).astype(np.uint8)
+
+    def plain(lr, scale):
+        return np.asarray(lr.resize((lr.width * scale, lr.height * scale), Image.BICUBIC))
+
+    logged = []
+    rows = evaluate.evaluate(
+        [str(hr_folder)],
+        [2],
+        {"plain": plain, "tinted": tinted},
+        ["bicubic"],
+        0,
+        log=logged.append,
+        sheets=tmp_path / "sheets",
+    )
+    shift = rows[0]["colour_shift"]
+    assert shift["plain"] == 0.0 and 2.5 < shift["tinted"] <= 3.0
+    assert any("colour shift" in line and "tinted" in line for line in logged)
+    sheets = sorted((tmp_path / "sheets").glob("*.png"))
+    assert [p.name for p in sheets] == [
+        "bicubic_set_x2_0.png",
+        "bicubic_set_x2_1.png",
+        "bicubic_set_x2_grey.png",
+    ]
+    with Image.open(sheets[0]) as sheet:
+        # four columns (bicubic, plain, tinted, original) of at least 360 px, image + zoomed crop
+        assert sheet.width >= 4 * 360 and sheet.height > 360 * 64 / 83
+        assert np.asarray(sheet.convert("L")).std() > 10  # not blank
 
 
 def test_real_world_track_is_seeded(hr_folder):
