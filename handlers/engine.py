@@ -114,9 +114,11 @@ class Enhancer:
         card = ModelCard.load(card_path or model_path.with_suffix(".json"))
         card.verify(model_path)
         settings = settings or EnhancerSettings()
-        runner = ModelRunner(model_path, card, torch.device(device), settings.precision)
+        runner = ModelRunner(
+            model_path, card, torch.device(device), settings.precision, settings.backend
+        )
         logger.info(
-            "Loaded %s %s (scale %d, tile %d, overlap %d) on %s in %s",
+            "Loaded %s %s (scale %d, tile %d, overlap %d) on %s in %s with %s",
             card.name,
             card.version,
             card.scale,
@@ -124,6 +126,7 @@ class Enhancer:
             card.overlap,
             runner.device,
             runner.dtype,
+            runner.backend,
         )
         return cls(runner, card, settings)
 

@@ -4,6 +4,8 @@
   Each batch adds to an on-device flag when its output has NaN/inf or is black where the input is
   not; the engine reads the flag once per pass (no host sync per tile) and reruns the pass in
   float32 when it is set.
+- On CPU the float32 model may run through a faster backend converted from the TorchScript file
+  (backends.py: OpenVINO, checked against TorchScript at load); TorchScript stays the fallback.
 - Out of memory: a batch is split in halves and retried down to one tile; past that the caller
   (the engine) retries the pass with smaller tiles when the model allows, and otherwise reports
   OutOfMemory (507). The input is never returned in place of a result.
@@ -16,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from backends import fast_cpu_model
 from card import ModelCard
 from errors import OutOfMemory
 
@@ -37,6 +40,7 @@ def is_out_of_memory(error: BaseException) -> bool:
         "out of memory" in text
         or "can't allocate memory" in text
         or "CUBLAS_STATUS_ALLOC_FAILED" in text
+        or "bad_alloc" in text  # OpenVINO's CPU plugin
     )
 
 
@@ -69,15 +73,34 @@ class ModelRunner:
         card: its card (scale, dtypes).
         device: where to run.
         precision: "auto" or a dtype name (see ``pick_precision``).
+        backend: "auto", "torchscript" or "openvino": how float32 runs on a CPU (backends.py).
+
+    Attributes:
+        model: what float32 batches run on: the TorchScript module, or the faster CPU backend's
+            model built from it (same call, same output within 1/255).
+        backend: its name, "torchscript" or "openvino".
     """
 
     def __init__(
-        self, model_path: str | Path, card: ModelCard, device: torch.device, precision: str = "auto"
+        self,
+        model_path: str | Path,
+        card: ModelCard,
+        device: torch.device,
+        precision: str = "auto",
+        backend: str = "auto",
     ):
         self.card = card
         self.device = device
         self.model = torch.jit.load(str(model_path), map_location=device).eval()
         self.dtype = pick_precision(precision, card, device)
+        self.backend = "torchscript"
+        if device.type == "cpu" and self.dtype == torch.float32:
+            threads = torch.get_num_threads()
+            fast = fast_cpu_model(backend, Path(model_path), card, self.model, threads)
+            if fast is not None:
+                self.model, self.backend = fast, fast.name
+        elif backend == "openvino":
+            raise ValueError("backend 'openvino' runs float32 on a CPU only")
         self.channels_last = device.type == "cuda"
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)

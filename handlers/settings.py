@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 PRECISIONS = ("auto", "float32", "float16", "bfloat16")
+BACKENDS = ("auto", "torchscript", "openvino")  # float32 on a CPU: backends.py
 
 
 @dataclasses.dataclass(frozen=True)
@@ -26,6 +27,9 @@ class EnhancerSettings:
         precision: "auto" (float32 on CPU; on GPU bfloat16 or float16 when the card lists it,
             guarded by a float32 rerun on NaN or black output), or a fixed dtype.
         cpu_threads: torch intra-op threads on CPU; 0 means all cores.
+        backend: how float32 runs on a CPU: "auto" (OpenVINO when installed and it matches
+            TorchScript's output at load, else TorchScript with a log line), "torchscript", or
+            "openvino" (refuses to start when it cannot be used). See backends.py.
         jpeg_quality, webp_quality: defaults of the ``quality`` option.
         png_compress_level: zlib level for PNG output (0-9); 3: far faster than 6, nearly as small.
         option_header_prefix: request headers with this prefix carry options for a raw body.
@@ -40,6 +44,7 @@ class EnhancerSettings:
     tile_batch_gpu: int = 8
     precision: str = "auto"
     cpu_threads: int = 0
+    backend: str = "auto"
     jpeg_quality: int = 92
     webp_quality: int = 90
     png_compress_level: int = 3
@@ -98,6 +103,8 @@ class EnhancerSettings:
             raise ValueError("settings: 'max_scale' must be in [1, 16]")
         if self.precision not in PRECISIONS:
             raise ValueError(f"settings: 'precision' must be one of {PRECISIONS}")
+        if self.backend not in BACKENDS:
+            raise ValueError(f"settings: 'backend' must be one of {BACKENDS}")
         if self.cpu_threads < 0:
             raise ValueError("settings: 'cpu_threads' must be 0 (all cores) or more")
         for key in ("jpeg_quality", "webp_quality"):

@@ -175,8 +175,11 @@ def child(args: argparse.Namespace) -> None:
     if args.child == "engine":
         if args.precision:
             settings = dataclasses.replace(settings, precision=args.precision)
-        enhancer = Enhancer.load(args.model, device=device, settings=settings)
+        if args.backend:
+            settings = dataclasses.replace(settings, backend=args.backend)
         configure_cpu_threads(settings)
+        enhancer = Enhancer.load(args.model, device=device, settings=settings)
+        backend = enhancer.runner.backend
 
         def run(image):
             return enhancer.upscale(image, args.scale, tile=args.tile)
@@ -186,6 +189,8 @@ def child(args: argparse.Namespace) -> None:
 
         def run(image):
             return naive_upscale(model, card, image, args.scale, device)
+
+        backend = "torchscript"
 
     run(small)  # warm-up: allocator, kernels, CUDA context
     if device.type == "cuda":
@@ -207,8 +212,36 @@ def child(args: argparse.Namespace) -> None:
         if device.type == "cuda"
         else None,
         "threads": torch.get_num_threads(),
+        "backend": backend,
     }
     print("RESULT " + json.dumps(result))
+
+
+def backend_parity(model: Path, args) -> str:
+    """The largest difference, in 8-bit levels, between each CPU backend's output and
+    TorchScript's, on the benchmark photo at 1 MP, x2 and x4."""
+    settings = service_settings()
+    configure_cpu_threads(settings)
+    rgb = torch.from_numpy(photo(*SIZES["1"], args.photo)).permute(2, 0, 1).float().div(255)
+    loaded = {
+        name: Enhancer.load(model, settings=dataclasses.replace(settings, backend=name))
+        for name in ("torchscript", "openvino")
+    }
+    lines = []
+    for scale in (2.0, 4.0):
+        reference = loaded["torchscript"].upscale(rgb, scale)
+        for name, enhancer in loaded.items():
+            if name == "torchscript":
+                continue
+            if enhancer.runner.backend != name:
+                lines.append(f"parity x{scale:g}: {name} not available here")
+                continue
+            diff = (enhancer.upscale(rgb, scale) - reference).abs()
+            lines.append(
+                f"parity x{scale:g}: {name} vs torchscript, max {float(diff.max()) * 255:.4f} "
+                f"levels, mean {float(diff.mean()) * 255:.6f} levels"
+            )
+    return "\n".join(lines)
 
 
 def _rss_now_mb() -> float:
@@ -221,9 +254,10 @@ def _rss_now_mb() -> float:
 def run_child(method: str, model: Path, size: tuple[int, int], scale: float, args) -> dict:
     """Run one measured case in a fresh process.
 
-    ``method`` is "naive", "engine", "engine@TILE" (another tile size) or "engine:DTYPE" (another
-    precision than model-config.yaml's).
+    ``method`` is "naive", "engine", "engine@TILE" (another tile size), "engine:DTYPE" (another
+    precision than model-config.yaml's) or "engine/BACKEND" (another CPU backend).
     """
+    method, _, backend = method.partition("/")
     kind, _, precision = method.partition(":")
     kind, _, tile = kind.partition("@")
     command = [
@@ -244,6 +278,8 @@ def run_child(method: str, model: Path, size: tuple[int, int], scale: float, arg
         command += ["--tile", tile]
     if precision:
         command += ["--precision", precision]
+    if backend:
+        command += ["--backend", backend]
     if args.photo:
         command += ["--photo", str(args.photo)]
     done = subprocess.run(command, capture_output=True, text=True)
@@ -274,11 +310,12 @@ def percentile(values: list[float], q: float) -> float:
 
 
 def engine_methods(args) -> list[str]:
-    """The engine as configured, then at each extra tile size and each extra precision."""
+    """The engine as configured, then at each extra tile size, precision and CPU backend."""
     return [
         "engine",
         *(f"engine@{tile}" for tile in args.engine_tiles),
         *(f"engine:{dtype}" for dtype in args.engine_precisions),
+        *(f"engine/{backend}" for backend in args.engine_backends),
     ]
 
 
@@ -347,6 +384,7 @@ def bench_cases(model: Path, args) -> list[dict]:
                     work_mb=max(r["rss_peak_mb"] - r["rss_before_mb"] for r in results),
                     device_peak_mb=max((r["device_peak_mb"] or 0) for r in results) or None,
                     latencies=latencies,
+                    backend=results[0]["backend"],
                 )
             rows.append(row)
     return rows
@@ -469,8 +507,9 @@ def report(rows: list[dict], e2e: dict | None, model_text: str, args) -> str:
                 + (" |" if gpu else "")
             )
             continue
+        method = row["method"] + (f" ({row['backend']})" if row["method"] == "engine" else "")
         line = (
-            f"| {name} | {row['method']} | {row['runs']} | {row['p50_s']:.2f} | "
+            f"| {name} | {method} | {row['runs']} | {row['p50_s']:.2f} | "
             f"{row['p95_s']:.2f} | "
             f"{row['mp_per_s']:.2f} | {row['peak_rss_mb']:.0f} | {row['work_mb']:.0f} |"
         )
@@ -491,6 +530,14 @@ def report(rows: list[dict], e2e: dict | None, model_text: str, args) -> str:
                     f"{engine['mp_per_s'] / naive['mp_per_s']:.2f}x naive, "
                     f"{memory} {(engine[key] or 0) / (naive[key] or 1):.2f}x naive, "
                     f"working memory {engine['work_mb'] / max(naive['work_mb'], 1):.2f}x naive"
+                )
+        served = by.get((case, "engine"))
+        for backend in args.engine_backends:
+            other = by.get((case, f"engine/{backend}"))
+            if served and other:
+                lines.append(
+                    f"- {case} engine ({served.get('backend', '?')}) vs engine/{backend}: "
+                    f"throughput {served['mp_per_s'] / other['mp_per_s']:.2f}x"
                 )
     if e2e:
         lines += [
@@ -548,6 +595,18 @@ def main(argv: list[str] | None = None) -> int:
         metavar="DTYPE",
         help="also time the engine with these precisions (e.g. bfloat16; the card must list them)",
     )
+    parser.add_argument(
+        "--engine-backends",
+        nargs="*",
+        default=[],
+        metavar="BACKEND",
+        help="also time the engine on these CPU backends (torchscript, openvino)",
+    )
+    parser.add_argument(
+        "--parity",
+        action="store_true",
+        help="first print how far each CPU backend's output is from TorchScript's (x2 and x4)",
+    )
     parser.add_argument("--no-e2e", action="store_true", help="skip the TorchServe part")
     parser.add_argument(
         "--photo", type=Path, default=None, help="resize this photo instead of a generated one"
@@ -558,6 +617,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scale", type=float, help=argparse.SUPPRESS)
     parser.add_argument("--tile", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--precision", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--backend", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         child(args)
@@ -594,6 +654,8 @@ def main(argv: list[str] | None = None) -> int:
             model = snapshot
         print(f"bench: {model_text}", flush=True)
         args.model = model
+        if args.parity:
+            print(backend_parity(model, args), flush=True)
         rows = bench_cases(model, args)
         e2e = None if args.no_e2e else bench_e2e(model, args)
     finally:
