@@ -14,9 +14,10 @@ from pathlib import Path
 
 from flask import Flask
 
-from . import views
-from .security import InMemoryRequest
-from .torchserve_client import TorchServeClient
+from enhancer.client import TorchServeClient
+from enhancer.contract import MODEL_NAME
+from frontend import views
+from frontend.security import InMemoryRequest
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -29,9 +30,8 @@ def create_app(test_config: dict | None = None) -> Flask:
         # TorchServe, as `make run` starts it (config.properties, run folder .run/).
         TORCHSERVE_URL="http://127.0.0.1:8080",
         TORCHSERVE_MANAGEMENT_URL="http://127.0.0.1:8081",
-        MODEL_NAME="enhancer",
+        MODEL_NAME=MODEL_NAME,
         KEY_FILE=str(REPO / ".run" / "key_file.json"),
-        OPTION_HEADER_PREFIX="X-Enhance-",
         # Seconds. READ_TIMEOUT stays above the model's responseTimeout (300 s in
         # handlers/model-config.yaml) so that TorchServe's own timeout answers first.
         CONNECT_TIMEOUT=3.0,
@@ -56,9 +56,11 @@ def create_app(test_config: dict | None = None) -> Flask:
 
 def _log_through_gunicorn() -> None:
     # Under gunicorn, write the page's log lines (key rotations, backend failures) to its error log.
+    # The TorchServe client (key rotations, backend failures) logs as "enhancer.client".
     gunicorn = logging.getLogger("gunicorn.error")
     if gunicorn.handlers:
-        ours = logging.getLogger(__name__)
-        ours.handlers = gunicorn.handlers
-        ours.setLevel(logging.INFO)
-        ours.propagate = False
+        for name in (__name__, "enhancer"):
+            ours = logging.getLogger(name)
+            ours.handlers = gunicorn.handlers
+            ours.setLevel(logging.INFO)
+            ours.propagate = False

@@ -1,10 +1,10 @@
 """Benchmark: the engine against a naive baseline, and end to end through TorchServe.
 
-    .venv/bin/python scripts/bench.py                      # model_store/enhancer.pt, or a stand-in
-    .venv/bin/python scripts/bench.py --reps 5 --e2e-reps 15 --json runs/bench.json
-    .venv/bin/python scripts/bench.py --device cuda            # on a GPU machine
-    .venv/bin/python scripts/bench.py --cases 1x2 4x2 --no-e2e # some cases only
-    .venv/bin/python scripts/bench.py --engine-tiles 1024 --engine-precisions bfloat16
+    .venv/bin/python -m scripts.bench                      # model_store/enhancer.pt, or a stand-in
+    .venv/bin/python -m scripts.bench --reps 5 --e2e-reps 15 --json runs/bench.json
+    .venv/bin/python -m scripts.bench --device cuda            # on a GPU machine
+    .venv/bin/python -m scripts.bench --cases 1x2 4x2 --no-e2e # some cases only
+    .venv/bin/python -m scripts.bench --engine-tiles 1024 --engine-precisions bfloat16
                                                      # also the engine with other tiles or dtypes
 
 Cases: photo-like images of 1 MP (1152x864) and 4 MP (2304x1728), made in code (or ``--photo``
@@ -47,13 +47,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from enhancer.card import ModelCard, file_sha256
+from enhancer.contract import MODEL_NAME, option_header
+from enhancer.engine import Enhancer, configure_cpu_threads
+from enhancer.passes import plan_passes
+from enhancer.settings import EnhancerSettings
+
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO / "handlers"))
-sys.path.insert(0, str(REPO))
-from card import ModelCard, file_sha256  # noqa: E402
-from engine import Enhancer, configure_cpu_threads  # noqa: E402
-from passes import plan_passes  # noqa: E402
-from settings import EnhancerSettings  # noqa: E402
 
 SIZES = {"1": (1152, 864), "4": (2304, 1728)}  # 1.0 and 4.0 MP, multiples of 32
 DEFAULT_CASES = ("1x2", "1x4", "4x2", "4x4")
@@ -96,7 +96,7 @@ def png_bytes(array: np.ndarray) -> bytes:
 
 def standin_model(folder: Path) -> Path:
     """The project's CompactUNet with the training defaults, random weights, traced and carded."""
-    from scripts.unet import CompactUNet
+    from scripts.model.unet import CompactUNet
 
     torch.manual_seed(0)
     model = CompactUNet(STANDIN["nf"], STANDIN["blocks"]).eval()
@@ -359,7 +359,9 @@ def bench_e2e(model: Path, args) -> dict:
     """1 MP 2x PNG through TorchServe, alternating with the same work by the engine in-process."""
     import requests
 
-    from scripts import archive, serve
+    from scripts.ops import archive
+    from scripts.ops import torchserve as serve
+    from scripts.ops.properties import write_private_config
 
     size = SIZES["1"]
     data = png_bytes(photo(*size, args.photo))
@@ -369,20 +371,20 @@ def bench_e2e(model: Path, args) -> dict:
             model, export_path=folder / "model_store", store=True, force=True
         )
         config = folder / "config.properties"
-        serve.write_private_config(config)
+        write_private_config(config)
         instance = serve.Instance.from_config(folder / "run", config)
-        serve.launch(instance, config, mar.parent, f"enhancer={mar.name}")
+        serve.launch(instance, config, mar.parent, f"{MODEL_NAME}={mar.name}")
         try:
             serve.wait_ready(instance, 300)
             settings = service_settings()
             enhancer = Enhancer.load(model, device=args.device, settings=settings)
             configure_cpu_threads(settings)
-            url = f"{instance.inference_url}/predictions/enhancer"
+            url = f"{instance.inference_url}/predictions/{MODEL_NAME}"
             headers = {
                 "Authorization": f"Bearer {instance.key()}",
                 "Content-Type": "application/octet-stream",
-                "X-Enhance-Scale": "2",
-                "X-Enhance-Format": "png",
+                option_header("scale"): "2",
+                option_header("format"): "png",
             }
             session = requests.Session()
 

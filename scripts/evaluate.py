@@ -1,11 +1,11 @@
 """Measure a model the way super-resolution papers do, through the engine the server runs.
 
-    .venv/bin/python scripts/evaluate.py --model model_store/enhancer.pt \
+    .venv/bin/python -m scripts.evaluate --model model_store/enhancer.pt \
         --sets ../shared/data/eval/set5 ../shared/data/eval/set14 ../shared/data/eval/b100 \
                ../shared/data/eval/kodak24 --scales 2 4 --out runs/eval.md --write-card
 
     # a training checkpoint, straight through the eager model on whole images (not the engine):
-    .venv/bin/python scripts/evaluate.py --checkpoint runs/default/ckpt_020.pth \
+    .venv/bin/python -m scripts.evaluate --checkpoint runs/default/ckpt_020.pth \
         --sets ../shared/data/eval/set5 ../shared/data/eval/set14 --scales 2
 
 Conventions (those of the published tables in ../shared/data/README.md): HR cropped to a multiple
@@ -35,9 +35,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from scripts.model import crappify
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-from scripts import crappify  # noqa: E402
 
 # ------------------------------------------------------------------------------------- metrics
 
@@ -110,8 +110,7 @@ def bicubic(lr: Image.Image, size: tuple[int, int]) -> np.ndarray:
 
 def engine_upscaler(model_path: str, card_path: str | None, device: str):
     """``Enhancer.upscale``: the server's own tiled, multi-pass code."""
-    sys.path.insert(0, str(ROOT / "handlers"))
-    from engine import Enhancer
+    from enhancer.engine import Enhancer
 
     enh = Enhancer.load(model_path, card_path, device=device)
 
@@ -124,8 +123,7 @@ def engine_upscaler(model_path: str, card_path: str | None, device: str):
 def measure_speed(model_path: str, card_path: str | None, image: str, device: str, reps: int = 3):
     """Output megapixels per second of ``Enhancer.upscale`` at 2x on ``image`` (best of ``reps``
     after a warm-up), with the torch thread count it ran with."""
-    sys.path.insert(0, str(ROOT / "handlers"))
-    from engine import Enhancer
+    from enhancer.engine import Enhancer
 
     enh = Enhancer.load(model_path, card_path, device=device)
     x = to_tensor(Image.open(image).convert("RGB"))
@@ -151,7 +149,7 @@ def measure_speed(model_path: str, card_path: str | None, image: str, device: st
 def direct_upscaler(checkpoint: str):
     """A training checkpoint on the whole image, reflect-padded to its multiple, 2x per pass.
     For watching a run: the shipped numbers come from the engine."""
-    from scripts.unet import load_trained
+    from scripts.model.unet import load_trained
 
     model = load_trained(checkpoint)
     multiple = getattr(model, "multiple", 1)

@@ -1,14 +1,14 @@
 """Export a trained model to the served pair: TorchScript ``.pt`` + JSON card, and prove the trace.
 
     # a model trained by scripts/train.py (the shipped default)
-    .venv/bin/python scripts/export.py --weights runs/default/model.pth \
+    .venv/bin/python -m scripts.export --weights runs/default/model.pth \
         --out model_store/enhancer.pt --tile 256 --overlap auto \
         --seam-image ../shared/data/eval/kodak24/kodim01.png
 
     # a fastai-course DynamicUnet: the pickled learner from learn.export() ...
-    .venv/bin/python scripts/export.py --learner export.pkl --out model_store/mine.pt --tile 256
+    .venv/bin/python -m scripts.export --learner export.pkl --out model_store/mine.pt --tile 256
     # ... or the weights from learn.save("stage2") (models/stage2.pth) and the body it was built on
-    .venv/bin/python scripts/export.py --fastai-weights models/stage2.pth --body resnet34 \
+    .venv/bin/python -m scripts.export --fastai-weights models/stage2.pth --body resnet34 \
         --out model_store/mine.pt --tile 256
 
 The exported module takes and returns RGB in [0, 1] (N, 3, h, w): a course model, trained on
@@ -31,11 +31,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from enhancer.card import ModelCard, file_sha256
+from scripts.model.unet import CompactUNet, ContractWrapper, dynamic_unet
+
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "handlers"))
-from card import ModelCard, file_sha256  # noqa: E402
-from scripts.unet import CompactUNet, ContractWrapper, dynamic_unet  # noqa: E402
 
 
 class ExportError(Exception):
@@ -51,7 +50,7 @@ def load_fastai_learner(path: str) -> torch.nn.Module:
     from fastai.learner import load_learner
 
     import __main__
-    from scripts import feature_loss
+    from scripts.model import feature_loss
 
     for name in ("FeatureLoss", "gram_matrix"):
         if not hasattr(__main__, name):
@@ -159,8 +158,8 @@ def seam_error(pt: Path, card_path: Path, eager, image: str) -> float:
     """Max |engine tiled - whole image| on a real photo (the engine's own reflection padding)."""
     from PIL import Image
 
-    from engine import Enhancer
-    from tiling import tiled_apply
+    from enhancer.engine import Enhancer
+    from enhancer.tiling import tiled_apply
 
     enh = Enhancer.load(pt, card_path, device="cpu")
     rgb = Image.open(image).convert("RGB")

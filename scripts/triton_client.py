@@ -1,15 +1,15 @@
-"""Enhance an image through the Triton binding (scripts/triton_serve.py) with ``tritonclient``.
+"""Enhance an image through the Triton binding (scripts.triton_serve) with ``tritonclient``.
 
-    .venv/bin/python scripts/triton_client.py photo.jpg -o photo_x2.png
-    .venv/bin/python scripts/triton_client.py photo.jpg -o photo_x4.webp --scale 4 --format webp
-    .venv/bin/python scripts/triton_client.py photo.jpg --url 127.0.0.1:9000 --check    # PASS/FAIL
-    .venv/bin/python scripts/triton_client.py photo.jpg -o x.png --protocol grpc   # port 8001
+    .venv/bin/python -m scripts.triton_client photo.jpg -o photo_x2.png
+    .venv/bin/python -m scripts.triton_client photo.jpg -o photo_x4.webp --scale 4 --format webp
+    .venv/bin/python -m scripts.triton_client photo.jpg --url 127.0.0.1:9000 --check    # PASS/FAIL
+    .venv/bin/python -m scripts.triton_client photo.jpg -o x.png --protocol grpc   # port 8001
 
 It sends the file's bytes as the ``image`` input and the options as the ``options`` input (a JSON
 object), and reads back ``image``, ``content_type``, ``width``, ``height``, ``status`` and
 ``error``. Without ``--format``, the output file's extension (.png, .jpg, .webp) picks the format.
 The service answers a refused image with ``status`` 400/413/415/500/507 and TorchServe's JSON body
-in ``error`` (scripts/triton_serve.py says why errors are outputs); this client prints that error
+in ``error`` (scripts.triton_serve says why errors are outputs); this client prints that error
 and exits 1, as it does when Triton cannot be reached or refuses the request itself.
 
 ``--check`` does what Triton's example clients do: it checks the answer (status 200, the declared
@@ -28,9 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
-MODEL_NAME = "enhancer"
+from enhancer.contract import MODEL_NAME, OPTION_NAMES
+
 OUTPUTS = ("image", "content_type", "width", "height", "status", "error")
-OPTION_NAMES = ("scale", "format", "quality", "tile", "strength")
 FORMAT_BY_SUFFIX = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import base64
 import http.client
 import io
+import json
 import re
 import socket
 import subprocess
@@ -29,9 +30,12 @@ import pytest
 import requests
 from PIL import Image
 
-from scripts import page as page_script
-from scripts import serve
-from servers import start_torchserve, stop_torchserve
+from scripts import page as page_cli
+from scripts import serve as serve_cli
+from scripts.ops import container
+from scripts.ops import page as page_script
+from scripts.ops import torchserve as serve
+from tests.helpers.servers import start_torchserve, stop_torchserve
 
 pytestmark = pytest.mark.e2e
 
@@ -484,7 +488,7 @@ def test_page_routes_through_gunicorn(site):
 @pytest.fixture(scope="module")
 def short_keys(tmp_path_factory):
     """A TorchServe whose keys expire after 6 s, and a page in front of it."""
-    from tiny_models import tiny_sr
+    from tests.helpers.tiny_models import tiny_sr
 
     model = tiny_sr(tmp_path_factory.mktemp("short-keys-model"))
     started = time.monotonic()
@@ -534,6 +538,27 @@ def test_expiring_keys_never_reach_the_user(short_keys, photo):
     assert 2 <= rotations <= lifetime / 6 + 1, (rotations, lifetime)
 
 
+def test_status_and_health_check_rotate_expired_keys(short_keys, monkeypatch, tmp_path, capsys):
+    """``python -m scripts.serve status`` and the container's health check still say ready after
+    the keys have expired: they rotate them, as the page does (one client, enhancer.client)."""
+    ts, page, started = short_keys
+    instance = serve.Instance.from_config(ts.workdir, ts.workdir / "config.properties")
+    monkeypatch.setattr(serve, "run_instance", lambda: instance)
+    old = json.loads((ts.workdir / "key_file.json").read_text())["management"]["key"]
+    time.sleep(max(0.0, started + 7.0 - time.monotonic()))  # past one 6-second key life
+    time.sleep(6.5)  # and past the life of any key the page rotated meanwhile
+    assert serve_cli.main(["status"]) == 0
+    assert ": READY" in capsys.readouterr().out
+    assert json.loads((ts.workdir / "key_file.json").read_text())["management"]["key"] != old
+    time.sleep(6.5)
+    mode_file = tmp_path / "container.json"
+    port = int(page.url.rsplit(":", 1)[1])
+    mode_file.write_text(json.dumps({"mode": "serve", "page_port": port}))
+    monkeypatch.setattr(container, "MODE_FILE", mode_file)
+    monkeypatch.setattr(container.serve, "run_instance", lambda: instance)
+    assert container.health() == 0
+
+
 def test_torchserve_down_and_back_under_a_running_page(short_keys, photo, browser):
     ts, page, _ = short_keys
     image = encoded(photo(24, 16))
@@ -580,11 +605,11 @@ def test_torchserve_down_and_back_under_a_running_page(short_keys, photo, browse
 
 
 def test_page_script_start_status_stop(tmp_path, monkeypatch, torchserve):
-    """scripts/page.py start|status|stop, in a scratch run folder."""
+    """python -m scripts.page start|status|stop, in a scratch run folder."""
     monkeypatch.setattr(page_script, "STATE_FILE", tmp_path / "page.json")
     monkeypatch.setattr(page_script, "LOG_DIR", tmp_path / "logs")
     monkeypatch.setattr(
-        page_script.serve,
+        page_script,
         "run_instance",
         lambda: serve.Instance(
             torchserve.workdir,
@@ -594,16 +619,14 @@ def test_page_script_start_status_stop(tmp_path, monkeypatch, torchserve):
         ),
     )
     port = free_port()
-    assert page_script.main(["start", "--port", str(port), "--workers", "1"]) == 0
+    assert page_cli.main(["start", "--port", str(port), "--workers", "1"]) == 0
     try:
-        assert (
-            page_script.main(["start", "--port", str(port)]) == 0
-        )  # already running: no second one
-        assert page_script.main(["status"]) == 0
+        assert page_cli.main(["start", "--port", str(port)]) == 0  # already running: no second one
+        assert page_cli.main(["status"]) == 0
         health = requests.get(f"http://127.0.0.1:{port}/health", timeout=10)
         assert health.json() == {"torchserve": "ready", "model": "READY"}
     finally:
-        assert page_script.main(["stop"]) == 0
-    assert page_script.main(["status"]) == 1
+        assert page_cli.main(["stop"]) == 0
+    assert page_cli.main(["status"]) == 1
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://127.0.0.1:{port}/health", timeout=5)

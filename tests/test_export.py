@@ -11,9 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from card import ModelCard, file_sha256
+from enhancer.card import ModelCard, file_sha256
 from scripts import export
-from scripts.unet import CompactUNet, ContractWrapper, dynamic_unet
+from scripts.model.unet import CompactUNet, ContractWrapper, dynamic_unet
 
 # torch 2.13 deprecates TorchScript (trace/load/save); it is still the served format
 pytestmark = pytest.mark.filterwarnings(
@@ -121,7 +121,7 @@ def test_dynamic_unet_from_pickled_learner(tmp_path):
     from fastai.data.load import DataLoader
     from fastai.learner import Learner
 
-    from scripts.feature_loss import FeatureLoss
+    from scripts.model.feature_loss import FeatureLoss
 
     pairs = Pairs((torch.rand(3, 64, 64), torch.rand(3, 64, 64)) for _ in range(4))
     dls = DataLoaders(DataLoader(pairs, bs=2), DataLoader(pairs, bs=2))

@@ -30,9 +30,9 @@ from PIL import Image
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
+from enhancer.client import TorchServeClient
+from enhancer.contract import sniff_format
 from frontend import create_app
-from frontend.security import sniff_image
-from frontend.torchserve_client import TorchServeClient
 
 INVALID_KEY = {
     "code": 400,
@@ -504,7 +504,7 @@ def test_empty_options_are_left_to_the_service(client, stub):
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "GIF", "BMP"])
 def test_every_accepted_format_goes_through(client, stub, fmt):
     data = image_bytes(fmt=fmt)
-    assert sniff_image(data) == fmt.lower()
+    assert sniff_format(data) == fmt
     response = upload(client, data, filename="x.bin", content_type="application/octet-stream")
     assert response.status_code == 200, response.get_data(as_text=True)
     assert len(stub.predictions) == 1
@@ -883,7 +883,7 @@ def test_a_result_cut_off_midway_is_not_passed_off_as_complete(client, stub):
 
 
 def test_expired_key_is_rotated_once_and_the_upload_succeeds(client, stub, caplog):
-    caplog.set_level("INFO", logger="frontend")
+    caplog.set_level("INFO", logger="enhancer")
     assert upload(client, image_bytes()).status_code == 200
     old = stub.keys["inference"]
     stub.expire("inference")
@@ -900,7 +900,7 @@ def test_expired_key_is_rotated_once_and_the_upload_succeeds(client, stub, caplo
 
 
 def test_a_replaced_key_file_is_used_without_rotating(client, stub, caplog):
-    caplog.set_level("INFO", logger="frontend")
+    caplog.set_level("INFO", logger="enhancer")
     assert upload(client, image_bytes()).status_code == 200
     # Another worker rotated the key (or TorchServe restarted): the file holds a new key already.
     stub.keys["inference"] = "newkey01"
@@ -942,7 +942,7 @@ def test_no_key_file_means_service_down(client, stub):
 
 
 def test_a_broken_key_file_is_a_503_logged_once(client, stub, caplog):
-    caplog.set_level("INFO", logger="frontend")
+    caplog.set_level("INFO", logger="enhancer")
     stub.key_file.write_text('{"inference": {"ke')  # as if caught half written, and left so
     for _ in range(3):
         assert_error(upload(client, image_bytes()), 503, "ServiceUnavailable")
@@ -1040,7 +1040,7 @@ def test_method_not_allowed_is_json(client):
 
 
 def test_production_server_runs_no_debugger(monkeypatch, tmp_path):
-    from scripts import page
+    from scripts.ops import page
 
     monkeypatch.setenv("FLASK_DEBUG", "1")
     env = page.page_env("http://127.0.0.1:1", "http://127.0.0.1:2", tmp_path / "key_file.json")

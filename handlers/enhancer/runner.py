@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from card import ModelCard
-from errors import OutOfMemory
+from enhancer.card import ModelCard
+from enhancer.errors import OutOfMemory
 
 logger = logging.getLogger(__name__)
 

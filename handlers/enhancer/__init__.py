@@ -1,0 +1,7 @@
+"""The enhancer: the engine and its doors, one import root for everything in the project.
+
+Installed by pyproject (package folder ``handlers/enhancer``) and shipped whole in the TorchServe
+archive with ``--extra-files``; it is imported by name, never by editing the import path.
+Torch-free modules:
+``contract``, ``errors``, ``card``, ``settings``, ``options``, ``passes`` (and ``client``).
+"""
