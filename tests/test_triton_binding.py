@@ -29,6 +29,7 @@ from scripts.ops import triton as triton_ops
 from scripts.ops.paths import CONFIG, MODEL_CONFIG
 from tests.helpers.images import encode, photo_array
 
+pytestmark = pytest.mark.triton
 pytriton_types = pytest.importorskip("pytriton.proxy.types", reason="needs the triton extra")
 
 

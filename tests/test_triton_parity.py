@@ -55,7 +55,7 @@ from tests.helpers.images import (
     webp_ending_in_nul,
 )
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.triton]
 
 tritonclient_http = pytest.importorskip("tritonclient.http", reason="needs the triton extra")
 pytest.importorskip("pytriton", reason="needs the triton extra")
