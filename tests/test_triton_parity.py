@@ -249,7 +249,7 @@ def photo(width: int, height: int, mode: str = "RGB", fmt: str = "PNG", **params
 
 
 def gray16(width: int = 21, height: int = 13) -> bytes:
-    """A 16-bit gray PNG ramp (written by hand: tests/images.py), which must stay 16-bit."""
+    """A 16-bit gray PNG ramp (written by hand: tests/helpers/images.py), which must stay 16-bit."""
     ramp = np.linspace(0, 65535, width * height).reshape(height, width).astype(np.uint16)
     return png_bytes(ramp)
 
