@@ -1,7 +1,7 @@
 """The Image Enhancer page: a Flask app in front of TorchServe.
 
     flask --app frontend run --debug                      # development only
-    gunicorn -k gthread -b 127.0.0.1:5000 'frontend:create_app()'   # what python -m scripts.page runs
+    gunicorn -k gthread -b 127.0.0.1:5000 'frontend:create_app()'   # as scripts.page runs it
 
 Settings come from ``FLASK_``-prefixed environment variables (``FLASK_TORCHSERVE_URL=...``,
 ``FLASK_READ_TIMEOUT=120``; values are parsed as JSON where they can be), or from ``test_config``.

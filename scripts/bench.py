@@ -10,7 +10,7 @@
 Cases: photo-like images of 1 MP (1152x864) and 4 MP (2304x1728), made in code (or ``--photo``
 resized), enlarged 2x and 4x. Two methods on the same TorchScript model:
 
-- ``engine``: handlers/enhancer/engine.py ``Enhancer.upscale`` as the service runs it (tiles in batches, the
+- ``engine``: ``enhancer.engine.Enhancer.upscale`` as the service runs it (tiles in batches, the
   settings of handlers/model-config.yaml, half precision on GPU when the card allows);
 - ``naive``: the whole image in one model call per 2x pass, float32, a tensor round trip to the host
   after each pass, no tiling.

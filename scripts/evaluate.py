@@ -16,7 +16,7 @@ PSNR and SSIM on the Y channel of ITU-R BT.601 (Y = 16 + 65.481 R + 128.553 G + 
 
 Rows: ``bicubic`` (PIL bicubic upscale of the LR), ``model`` (``Enhancer.upscale``: tiled,
 multi-pass, exactly as served), any ``--peer NAME=model.pt`` (through the engine too). A second
-track, "real-world", degrades each HR image with scripts/model/crappify.py's REAL_WORLD mix and its own
+track, "real-world", degrades each HR image with scripts.model.crappify's REAL_WORLD mix and its own
 fixed seed (blur, a varied downscale kernel, noise, JPEG) and scores the restoration against the HR
 original.
 """

@@ -1,7 +1,8 @@
 """End to end: a real TorchServe, the page under gunicorn, and headless Chromium driving it.
 
-TorchServe serves the tiny scale-2 model (tests/helpers/servers.py); the page runs under gunicorn exactly as
-``python -m scripts.page start`` runs it, on a free port, pointed at that TorchServe and its key file; and
+TorchServe serves the tiny scale-2 model (tests/helpers/servers.py); the page runs under gunicorn
+exactly as ``python -m scripts.page start`` runs it, on a free port, pointed at that TorchServe and
+its key file; and
 Playwright drives Debian's Chromium (``/usr/bin/chromium``; ``playwright install`` cannot download a
 browser here) with a fresh profile. Screenshots go to ``artifacts/`` (git-ignored).
 
@@ -83,7 +84,7 @@ def free_port() -> int:
 
 
 def start_page(ts, workdir: Path, **config) -> Page:
-    """Start the page under gunicorn for TorchServe ``ts``, as scripts.ops.page does; wait for it."""
+    """Start the page under gunicorn for TorchServe ``ts`` as scripts.ops.page does; wait for it."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     extra = {

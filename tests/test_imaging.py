@@ -1,4 +1,4 @@
-"""Decoding and encoding (handlers/enhancer/imaging/): allow-list, limits, modes, orientation, metadata."""
+"""Decoding and encoding (enhancer.imaging): allow-list, limits, modes, orientation, metadata."""
 
 from __future__ import annotations
 

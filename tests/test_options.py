@@ -1,4 +1,4 @@
-"""Request options (handlers/enhancer/options.py): every bad value is a 400 that names the option."""
+"""Request options (enhancer.options): every bad value is a 400 that names the option."""
 
 from __future__ import annotations
 
