@@ -7,7 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from scripts import evaluate, export
+from scripts import export
+from scripts.model import evaluation as evaluate
 from scripts.model.unet import CompactUNet
 
 pytestmark = pytest.mark.filterwarnings(
