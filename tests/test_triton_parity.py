@@ -44,8 +44,8 @@ import pytest
 import requests
 from PIL import Image
 
-from scripts import triton_client
 from scripts.ops import triton as triton_ops
+from scripts.ops import triton_client
 from tests.helpers.images import (
     animated,
     encode,
