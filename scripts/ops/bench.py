@@ -101,9 +101,7 @@ def standin_model(folder: Path) -> Path:
 def service_settings() -> EnhancerSettings:
     import yaml
 
-    return EnhancerSettings.from_model_config(
-        yaml.safe_load(MODEL_CONFIG.read_text())
-    )
+    return EnhancerSettings.from_model_config(yaml.safe_load(MODEL_CONFIG.read_text()))
 
 
 # -- one measured run (child process) ------------------------------------------------------------
