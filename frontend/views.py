@@ -23,7 +23,16 @@ from flask import (
 from werkzeug.exceptions import HTTPException
 
 from enhancer.client import TorchServeClient, TorchServeError
-from enhancer.contract import ALLOWED_TEXT, FORMATS, OPTION_NAMES, error_body, is_allowed_image
+from enhancer.contract import (
+    ALLOWED_TEXT,
+    CONTENT_TYPES,
+    FILE_EXTENSIONS,
+    FORMATS,
+    INPUT_MEDIA_TYPES,
+    OPTION_NAMES,
+    error_body,
+    is_allowed_image,
+)
 from frontend.security import SECURITY_HEADERS, cross_site
 
 logger = logging.getLogger(__name__)
@@ -118,13 +127,17 @@ def index():
         "maxBytes": limit,
         "maxText": _megabytes(limit),
         "accepted": ALLOWED_TEXT,
+        "extensions": {CONTENT_TYPES[fmt]: FILE_EXTENSIONS[fmt] for fmt in CONTENT_TYPES},
     }
+    media_types = [media for media, _ in INPUT_MEDIA_TYPES.values()]
+    suffixes = [suffix for _, names in INPUT_MEDIA_TYPES.values() for suffix in names]
     return render_template(
         "index.html",
         page_config=page_config,
         scales=SCALES,
         formats=[(name, FORMAT_LABELS.get(name, name.upper())) for name in FORMATS],
         accepted=ALLOWED_TEXT,
+        accept=",".join(media_types + suffixes),
         max_text=_megabytes(limit),
     )
 

@@ -399,6 +399,21 @@ def test_defaults_and_environment(monkeypatch):
     assert client.inference_url == "http://127.0.0.1:18080" and client.read_timeout == 42
 
 
+def test_page_takes_formats_and_extensions_from_the_contract(client):
+    from enhancer import contract
+
+    html = client.get("/").get_data(as_text=True)
+    (accept,) = re.findall(r'accept="([^"]+)"', html)
+    for media, suffixes in contract.INPUT_MEDIA_TYPES.values():
+        assert media in accept.split(",") and set(suffixes) <= set(accept.split(","))
+    config = json.loads(
+        re.search(r'<script type="application/json" id="page-config">(.*?)</script>', html, re.S)[1]
+    )
+    assert config["extensions"] == {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+    for name in contract.FORMATS:
+        assert f'value="{name}"' in html
+
+
 def test_page_is_served_with_its_own_assets(client, stub):
     response = client.get("/")
     assert response.status_code == 200 and response.mimetype == "text/html"

@@ -14,7 +14,7 @@
   // A busy service (503 ServiceBusy) is asked again this many times, after its Retry-After.
   const BUSY_RETRIES = 2;
   const ZOOMS = [0, 1, 2]; // 0 = fit; otherwise CSS pixels per output pixel
-  const EXTENSIONS = { 'image/png': 'png', 'image/jpeg': 'jpg', 'image/webp': 'webp' };
+  const EXTENSIONS = config.extensions; // content type -> file name extension (enhancer.contract)
   // What went wrong, in words, by the JSON error's type; the server's message follows it.
   const LABELS = {
     PayloadTooLarge: 'Too large',

@@ -43,12 +43,12 @@ from pathlib import Path
 import requests
 from urllib3.exceptions import NewConnectionError
 
-from enhancer.contract import MODEL_NAME, option_header
+from enhancer.contract import CONTENT_TYPES, MODEL_NAME, option_header
 
 logger = logging.getLogger(__name__)
 
 # Content types the handler answers with; anything else is not passed on to the browser.
-IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp")
+IMAGE_TYPES = tuple(CONTENT_TYPES.values())
 _CHUNK = 256 * 1024
 # Statuses the handler uses for problems with the request itself: passed through to the user.
 _CLIENT_ERRORS = {

@@ -20,10 +20,20 @@ OPTION_HEADER_PREFIX = "X-Enhance-"
 FORMATS = ("auto", "png", "jpeg", "webp")
 FORMAT_ALIASES = {"jpg": "jpeg"}
 CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+# The file name extension of each output format (what the page names a download).
+FILE_EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
 
 # Input formats, by their Pillow names: only these are ever parsed.
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
 ALLOWED_TEXT = "PNG, JPEG, WebP, GIF or BMP"
+# Their media types and file name extensions (what the page's file picker offers).
+INPUT_MEDIA_TYPES = {
+    "PNG": ("image/png", (".png",)),
+    "JPEG": ("image/jpeg", (".jpg", ".jpeg")),
+    "WEBP": ("image/webp", (".webp",)),
+    "GIF": ("image/gif", (".gif",)),
+    "BMP": ("image/bmp", (".bmp",)),
+}
 
 # Recognised but refused: named in the 415 so the user knows what they sent.
 _OTHER_SIGNATURES = (
