@@ -22,36 +22,47 @@ import sys
 from pathlib import Path
 
 from scripts.ops import torchserve
-from scripts.ops.paths import DEFAULT_MODEL
+from scripts.ops.paths import CONFIG, DEFAULT_MODEL, RUN_DIR
+
+
+def instance(args: argparse.Namespace) -> torchserve.Instance:
+    """The TorchServe of ``--run-dir`` and ``--config`` (default: the one ``make run`` starts)."""
+    if args.run_dir is None and args.config is None:
+        return torchserve.run_instance()
+    return torchserve.Instance.from_config(args.run_dir or RUN_DIR, args.config or CONFIG)
 
 
 def cmd_start(args: argparse.Namespace) -> int:
-    instance = torchserve.run_instance()
-    if instance.pid() is not None:
-        state = "READY" if instance.ready() else "not READY (see `python -m scripts.serve status`)"
-        print(f"serve: TorchServe is already running from {instance.workdir}, {state}.")
+    server = instance(args)
+    if server.pid() is not None:
+        state = "READY" if server.ready() else "not READY (see `python -m scripts.serve status`)"
+        print(f"serve: TorchServe is already running from {server.workdir}, {state}.")
         print("serve: to serve a new model or config: make stop, then make run")
-        print(torchserve.usage_text(instance))
+        print(torchserve.usage_text(server))
         return 0
     torchserve.start(
-        instance, args.model, timeout=args.timeout, log=lambda line: print(f"serve: {line}")
+        server,
+        args.model,
+        config=args.config or CONFIG,
+        timeout=args.timeout,
+        log=lambda line: print(f"serve: {line}"),
     )
-    print(torchserve.usage_text(instance))
+    print(torchserve.usage_text(server))
     return 0
 
 
 def cmd_stop(args: argparse.Namespace) -> int:
-    instance = torchserve.run_instance()
+    server = instance(args)
     print(
         "serve: TorchServe stopped."
-        if torchserve.stop(instance)
-        else f"serve: TorchServe is not running from {instance.workdir}."
+        if torchserve.stop(server)
+        else f"serve: TorchServe is not running from {server.workdir}."
     )
     return 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    ready, lines = torchserve.status_lines(torchserve.run_instance())
+    ready, lines = torchserve.status_lines(instance(args))
     print(f"serve: {lines[0]}")
     for line in lines[1:]:
         print(line)
@@ -59,12 +70,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def cmd_key(args: argparse.Namespace) -> int:
-    print(torchserve.run_instance().key(args.kind))
+    print(instance(args).key(args.kind))
     return 0
 
 
 def cmd_smoke(args: argparse.Namespace) -> int:
-    return torchserve.smoke(torchserve.run_instance())
+    return torchserve.smoke(instance(args))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,6 +83,20 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m scripts.serve",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--run-dir",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help=f"TorchServe's run folder: key file, logs, pid file (default: {RUN_DIR})",
+    )
+    parser.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        metavar="PROPERTIES",
+        help=f"its config.properties, for its addresses (default: {CONFIG})",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     start = commands.add_parser(

@@ -21,6 +21,7 @@ import json
 import re
 import socket
 import subprocess
+import sys
 import threading
 import time
 import zipfile
@@ -32,7 +33,6 @@ import requests
 from PIL import Image
 
 from scripts import page as page_cli
-from scripts import serve as serve_cli
 from scripts.ops import container
 from scripts.ops import page as page_script
 from scripts.ops import torchserve as serve
@@ -539,19 +539,31 @@ def test_expiring_keys_never_reach_the_user(short_keys, photo):
     assert 2 <= rotations <= lifetime / 6 + 1, (rotations, lifetime)
 
 
-def test_status_and_health_check_rotate_expired_keys(short_keys, monkeypatch, tmp_path, capsys):
-    """``python -m scripts.serve status`` and the container's health check still say ready after
-    the keys have expired: they rotate them, as the page does (one client, enhancer.client)."""
+def test_status_and_health_check_rotate_expired_keys(short_keys, monkeypatch, tmp_path):
+    """``python -m scripts.serve status`` (and ``smoke``) and the container's health check still
+    say ready after the keys have expired: they rotate them, as the page does (enhancer.client)."""
     ts, page, started = short_keys
-    instance = serve.Instance.from_config(ts.workdir, ts.workdir / "config.properties")
-    monkeypatch.setattr(serve, "run_instance", lambda: instance)
-    old = json.loads((ts.workdir / "key_file.json").read_text())["management"]["key"]
+    where = ["--run-dir", str(ts.workdir), "--config", str(ts.workdir / "config.properties")]
+    old = json.loads((ts.workdir / "key_file.json").read_text())
     time.sleep(max(0.0, started + 7.0 - time.monotonic()))  # past one 6-second key life
     time.sleep(6.5)  # and past the life of any key the page rotated meanwhile
-    assert serve_cli.main(["status"]) == 0
-    assert ": READY" in capsys.readouterr().out
-    assert json.loads((ts.workdir / "key_file.json").read_text())["management"]["key"] != old
+    status = subprocess.run(
+        [sys.executable, "-m", "scripts.serve", *where, "status"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert ": READY" in status.stdout
+    new = json.loads((ts.workdir / "key_file.json").read_text())
+    assert new["management"]["key"] != old["management"]["key"], "rotated, not re-read"
     time.sleep(6.5)
+    smoke = subprocess.run(
+        [sys.executable, "-m", "scripts.serve", *where, "smoke"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert smoke.returncode == 0, smoke.stdout + smoke.stderr
+    assert smoke.stdout.count("PASS") == 3
+    time.sleep(6.5)
+    instance = serve.Instance.from_config(ts.workdir, ts.workdir / "config.properties")
     mode_file = tmp_path / "container.json"
     port = int(page.url.rsplit(":", 1)[1])
     mode_file.write_text(json.dumps({"mode": "serve", "page_port": port}))

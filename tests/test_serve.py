@@ -171,3 +171,9 @@ def test_wait_ready_reports_a_death_without_error_line_after_the_grace(monkeypat
     monkeypatch.setattr(serve, "_ERROR_LINE_GRACE_S", 0.5)
     with pytest.raises(serve.ServeError, match="worker died while loading"):
         serve.wait_ready(_LoadingInstance([serve._DIED]), timeout=60)
+
+
+def test_run_dir_and_config_choose_another_torchserve(tmp_path, capsys):
+    where = ["--run-dir", str(tmp_path / "elsewhere"), "--config", str(serve.CONFIG)]
+    assert serve_cli.main([*where, "status"]) == 1
+    assert str(tmp_path / "elsewhere") in capsys.readouterr().out
