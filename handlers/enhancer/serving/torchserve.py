@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+import enhancer
 from enhancer.contract import OPTION_HEADER_PREFIX, OPTION_NAMES
 from enhancer.engine import Enhancer, configure_cpu_threads
 from enhancer.errors import BadRequest, OptionError
@@ -49,14 +50,12 @@ def load_engine(context: Any) -> tuple[Enhancer, EnhancerSettings, torch.device]
     if device.type == "cpu":
         threads = configure_cpu_threads(settings)
         logger.info("CPU inference with %d threads", threads)
-    import enhancer
-
     # Which copy of the package serves: the archive's own (shipped with --extra-files), never an
     # installed one. tests/test_torchserve_e2e.py reads this line.
     logger.info("engine package: %s", Path(enhancer.__file__).parent)
     model_path = model_dir / context.manifest["model"]["serializedFile"]
-    enhancer_ = Enhancer.load(model_path, device=device, settings=settings)
-    return enhancer_, settings, device
+    engine = Enhancer.load(model_path, device=device, settings=settings)
+    return engine, settings, device
 
 
 def split_request(
