@@ -39,10 +39,11 @@ COPY deploy/docker/system-packages.sh deploy/docker/system-packages.sh
 RUN bash deploy/docker/system-packages.sh
 
 # Python dependencies before any code, so that code changes reuse this layer: only what
-# `make setup` reads (pyproject.toml, its readme, and the frontend package it installs editable).
+# `make setup` reads (pyproject.toml and its readme). The project's packages (enhancer, frontend,
+# scripts) are registered once the code is in: `make archive` runs scripts/setup.sh again, which
+# does that.
 COPY pyproject.toml README.md ./
 COPY scripts/setup.sh scripts/setup.sh
-COPY frontend/__init__.py frontend/__init__.py
 RUN if [ -n "$TORCH_INDEX_URL" ]; then export PIP_EXTRA_INDEX_URL="$TORCH_INDEX_URL"; fi; \
     scripts/setup.sh serve
 COPY Makefile Makefile

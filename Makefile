@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: setup setup-dev run stop test lint archive bench smoke
+.PHONY: setup setup-dev run stop test test-fast lint archive bench smoke
 
 setup:
 	scripts/setup.sh serve
@@ -13,29 +13,35 @@ setup-dev:
 # Sets up, starts TorchServe on model_store/enhancer.pt (waits until READY), then the page on :5000.
 run:
 	scripts/setup.sh serve
-	$(PY) scripts/serve.py start
-	$(PY) scripts/page.py start
+	$(PY) -m scripts.serve start
+	$(PY) -m scripts.page start
 
 stop:
-	$(PY) scripts/page.py stop
-	$(PY) scripts/serve.py stop
+	$(PY) -m scripts.page stop
+	$(PY) -m scripts.serve stop
 
 archive: setup
-	$(PY) scripts/archive.py
+	$(PY) -m scripts.archive
 
 # Enhances a generated photo through the running server (make run) and checks the output sizes.
 smoke:
-	$(PY) scripts/serve.py smoke
+	$(PY) -m scripts.serve smoke
 
 # Engine vs naive baseline vs TorchServe end to end; prints the table BENCHMARKS.md records.
 bench: setup
-	$(PY) scripts/bench.py
+	$(PY) -m scripts.bench
 
+# Every test: engine, page, TorchServe, Triton and the browser end to end (what CI runs).
 test: setup-dev
 	$(PY) -m pytest
 
+# The inner loop: the hermetic tests only (no server, no browser, no training runs); a few minutes.
+test-fast: setup-dev
+	$(PY) -m pytest -m "not e2e and not train"
+
 lint: setup-dev
-	.venv/bin/ruff check handlers frontend scripts tests
+	.venv/bin/ruff check handlers frontend scripts deploy tests
+	.venv/bin/ruff format --check handlers frontend scripts deploy tests
 
 # -- Triton and Docker (README "Scaling out") ------------------------------------------------------
 .PHONY: setup-triton triton docker docker-cuda
@@ -49,7 +55,7 @@ setup-triton: setup
 # Triton serving model_store/enhancer.pt on 127.0.0.1:8000 (gRPC 8001, metrics 8002) until Ctrl-C;
 # e.g. make triton TRITON_ARGS="--model runs/x/enhancer.pt --http-port 9000 --max-batch-size 8".
 triton: setup-triton
-	$(PY) scripts/triton_serve.py $(TRITON_ARGS)
+	$(PY) -m scripts.triton_serve $(TRITON_ARGS)
 
 docker:
 	docker build -t $(IMAGE):cpu .
@@ -65,31 +71,31 @@ EVAL_SETS ?= $(DATA)/eval/set5 $(DATA)/eval/set14 $(DATA)/eval/b100 $(DATA)/eval
 
 # The shipped default's recipe (scripts/train.py's defaults), at low priority: hours on 2 CPU cores.
 train: setup-dev
-	nice -n 10 $(PY) scripts/train.py --out $(RUN) --data $(DATA)/train $(TRAIN_ARGS)
+	nice -n 10 $(PY) -m scripts.train --out $(RUN) --data $(DATA)/train $(TRAIN_ARGS)
 
 # Stage 2 of the shipped default: fine-tune $(RUN)/model.pth with larger crops and more JPEG.
 finetune: setup-dev
-	nice -n 5 $(PY) scripts/train.py --out runs/stage2 --init-weights $(RUN)/model.pth --data $(DATA)/train \
+	nice -n 5 $(PY) -m scripts.train --out runs/stage2 --init-weights $(RUN)/model.pth --data $(DATA)/train \
 		--epochs 32 --sizes 64,64,80 --lr 2e-4 --degrade p_jpeg=0.9 --keep-every 4 --seed 1 $(TRAIN_ARGS)
 
 # Seconds: a tiny model on CPU, to check the pipeline.
 train-tiny: setup-dev
-	$(PY) scripts/train.py --out runs/tiny --data $(DATA)/train --nf 8,16 --blocks 1,1 --epochs 2 \
+	$(PY) -m scripts.train --out runs/tiny --data $(DATA)/train --nf 8,16 --blocks 1,1 --epochs 2 \
 		--iters 4 --bs 4 --sizes 16 --valid-n 4
 
 # Trace $(RUN)/model.pth into model_store/enhancer.pt + card; proves the trace and measures seams.
 export: setup-dev
-	$(PY) scripts/export.py --weights $(RUN)/model.pth --out model_store/enhancer.pt --tile 256 \
+	$(PY) -m scripts.export --weights $(RUN)/model.pth --out model_store/enhancer.pt --tile 256 \
 		--overlap auto --seam-image $(DATA)/eval/kodak24/kodim01.png
 
 # PSNR/SSIM tables (bicubic, real-world and heavy tracks) and the colour check, through the engine;
 # stores them in the card.
 evaluate: setup-dev
-	$(PY) scripts/evaluate.py --model model_store/enhancer.pt --sets $(EVAL_SETS) --scales 2 4 \
+	$(PY) -m scripts.evaluate --model model_store/enhancer.pt --sets $(EVAL_SETS) --scales 2 4 \
 		--out runs/eval.md --json runs/eval.json --write-card
 
 # Contact sheets to look at (bicubic | model | original, with a 4x zoomed crop): Kodak24 x2, every
 # track, into runs/sheets/.
 sheets: setup-dev
-	$(PY) scripts/evaluate.py --model model_store/enhancer.pt --sets $(DATA)/eval/kodak24 --scales 2 \
+	$(PY) -m scripts.evaluate --model model_store/enhancer.pt --sets $(DATA)/eval/kodak24 --scales 2 \
 		--sheets runs/sheets --out runs/sheets/eval.md

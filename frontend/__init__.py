@@ -1,7 +1,7 @@
 """The Image Enhancer page: a Flask app in front of TorchServe.
 
     flask --app frontend run --debug                      # development only
-    gunicorn -k gthread -b 127.0.0.1:5000 'frontend:create_app()'   # what scripts/page.py runs
+    gunicorn -k gthread -b 127.0.0.1:5000 'frontend:create_app()'   # as scripts.page runs it
 
 Settings come from ``FLASK_``-prefixed environment variables (``FLASK_TORCHSERVE_URL=...``,
 ``FLASK_READ_TIMEOUT=120``, ``FLASK_MAX_UPLOAD_BYTES=20000000``; values are parsed as JSON where
@@ -15,9 +15,10 @@ from pathlib import Path
 
 from flask import Flask
 
-from . import views
-from .security import InMemoryRequest, check_upload_limits
-from .torchserve_client import TorchServeClient
+from enhancer.client import TorchServeClient
+from enhancer.contract import MODEL_NAME
+from frontend import views
+from frontend.security import InMemoryRequest, check_upload_limits
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -30,9 +31,8 @@ def create_app(test_config: dict | None = None) -> Flask:
         # TorchServe, as `make run` starts it (config.properties, run folder .run/).
         TORCHSERVE_URL="http://127.0.0.1:8080",
         TORCHSERVE_MANAGEMENT_URL="http://127.0.0.1:8081",
-        MODEL_NAME="enhancer",
+        MODEL_NAME=MODEL_NAME,
         KEY_FILE=str(REPO / ".run" / "key_file.json"),
-        OPTION_HEADER_PREFIX="X-Enhance-",
         # Seconds. READ_TIMEOUT stays above the model's responseTimeout (300 s in
         # handlers/model-config.yaml) so that TorchServe's own timeout answers first.
         CONNECT_TIMEOUT=3.0,
@@ -60,9 +60,11 @@ def create_app(test_config: dict | None = None) -> Flask:
 
 def _log_through_gunicorn() -> None:
     # Under gunicorn, write the page's log lines (key rotations, backend failures) to its error log.
+    # The TorchServe client (key rotations, backend failures) logs as "enhancer.client".
     gunicorn = logging.getLogger("gunicorn.error")
     if gunicorn.handlers:
-        ours = logging.getLogger(__name__)
-        ours.handlers = gunicorn.handlers
-        ours.setLevel(logging.INFO)
-        ours.propagate = False
+        for name in (__name__, "enhancer"):
+            ours = logging.getLogger(name)
+            ours.handlers = gunicorn.handlers
+            ours.setLevel(logging.INFO)
+            ours.propagate = False

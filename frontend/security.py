@@ -1,6 +1,7 @@
 """What makes the page safe to put on a network: content sniffing, headers, origin checks.
 
-- Uploads are identified by their first bytes, never by their name or declared type.
+- Uploads are identified by their first bytes (``enhancer.contract.sniff_format``), never by their
+  name or declared type.
 - Every response carries a strict Content-Security-Policy (no inline script, no plugins, no framing)
   and ``X-Content-Type-Options: nosniff``.
 - Cross-site POSTs are refused: the page has no cookies to steal, but a foreign site could still
@@ -17,10 +18,6 @@ from flask import Request
 from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.utils import cached_property
 from werkzeug.wsgi import LimitedStream, get_input_stream
-
-ALLOWED_TEXT = "PNG, JPEG, WebP, GIF or BMP"
-# BITMAPINFOHEADER and its successors: the header sizes a real BMP declares at byte 14.
-_BMP_HEADER_SIZES = (12, 16, 40, 52, 56, 64, 108, 124)
 
 # img-src allows blob: (results and previews are object URLs) and data: (nothing else needs it, but
 # Chromium and Firefox render some built-in controls with data: images). No inline script or style.
@@ -46,26 +43,6 @@ SECURITY_HEADERS = {
     "Cross-Origin-Resource-Policy": "same-origin",
     "Permissions-Policy": "camera=(), microphone=(), geolocation=(), payment=(), usb=()",
 }
-
-
-def sniff_image(data: bytes) -> str | None:
-    """The format named by the leading bytes ("png", "jpeg", "webp", "gif", "bmp"), or None."""
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "png"
-    if data.startswith(b"\xff\xd8\xff"):
-        return "jpeg"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "webp"
-    if data[:6] in (b"GIF87a", b"GIF89a"):
-        return "gif"
-    # "BM" alone is too weak (any text starting "BM..."): also check the declared header size.
-    if (
-        data[:2] == b"BM"
-        and len(data) >= 26
-        and int.from_bytes(data[14:18], "little") in _BMP_HEADER_SIZES
-    ):
-        return "bmp"
-    return None
 
 
 def cross_site(request: Request) -> bool:

@@ -1,7 +1,8 @@
 """The page's routes: the page itself, the upload endpoint and the health check.
 
-Nothing here reaches TorchServe except through ``torchserve_client``; the browser never sees
-TorchServe's address, its keys, or its management and metrics ports.
+Nothing here reaches TorchServe except through ``enhancer.client``; the browser never sees
+TorchServe's address, its keys, or its management and metrics ports. What a request may hold
+(option names, formats, accepted images, the error body) is ``enhancer.contract``'s.
 """
 
 from __future__ import annotations
@@ -21,21 +22,31 @@ from flask import (
 )
 from werkzeug.exceptions import HTTPException
 
-from .security import ALLOWED_TEXT, SECURITY_HEADERS, BodyTooLarge, cross_site, sniff_image
-from .torchserve_client import TorchServeClient, TorchServeError
+from enhancer.client import TorchServeClient, TorchServeError
+from enhancer.contract import (
+    ALLOWED_TEXT,
+    CONTENT_TYPES,
+    FILE_EXTENSIONS,
+    FORMATS,
+    INPUT_MEDIA_TYPES,
+    OPTION_NAMES,
+    error_body,
+    is_allowed_image,
+)
+from frontend.security import SECURITY_HEADERS, BodyTooLarge, cross_site
 
 logger = logging.getLogger(__name__)
 
 bp = Blueprint("main", __name__)
 
 IMAGE_FIELD = "image"
-OPTION_NAMES = ("scale", "format", "quality", "strength")
 # Option values are numbers or format names; the handler checks their ranges. This keeps anything
 # else (header injection, long strings) from going on to TorchServe as a header.
 _OPTION_VALUE = re.compile(r"[A-Za-z0-9.+-]{1,16}")
 # The scales the page offers; the API takes any value from 1 to 8.
 SCALES = (1, 1.5, 2, 3, 4, 6, 8)
-FORMATS = (("auto", "Same as input"), ("png", "PNG"), ("jpeg", "JPEG"), ("webp", "WebP"))
+# How the page names the contract's formats in its menu.
+FORMAT_LABELS = {"auto": "Same as input", "png": "PNG", "jpeg": "JPEG", "webp": "WebP"}
 # JSON "type" for the page's own HTTP errors (the service's types for the rest).
 _TYPES = {
     400: "BadRequest",
@@ -55,7 +66,7 @@ def error_response(
     status: int, kind: str, message: str, retry_after: int | None = None
 ) -> Response:
     """A JSON error shaped like the service's own: ``{"code", "type", "message"}``."""
-    response = jsonify(code=status, type=kind, message=message)
+    response = jsonify(error_body(status, kind, message))
     response.status_code = status
     if retry_after:
         response.headers["Retry-After"] = str(retry_after)
@@ -132,13 +143,17 @@ def index():
         "maxBytes": limit,
         "maxText": _megabytes(limit),
         "accepted": ALLOWED_TEXT,
+        "extensions": {CONTENT_TYPES[fmt]: FILE_EXTENSIONS[fmt] for fmt in CONTENT_TYPES},
     }
+    media_types = [media for media, _ in INPUT_MEDIA_TYPES.values()]
+    suffixes = [suffix for _, names in INPUT_MEDIA_TYPES.values() for suffix in names]
     return render_template(
         "index.html",
         page_config=page_config,
         scales=SCALES,
-        formats=FORMATS,
+        formats=[(name, FORMAT_LABELS.get(name, name.upper())) for name in FORMATS],
         accepted=ALLOWED_TEXT,
+        accept=",".join(media_types + suffixes),
         max_text=_megabytes(limit),
     )
 
@@ -175,7 +190,7 @@ def enhance():
             f"({_megabytes(limit)}) per image.",
         )
     # The name and declared type of an upload are whatever the client says; the bytes are not.
-    if sniff_image(data) is None:
+    if not is_allowed_image(data):
         return error_response(
             415,
             "UnsupportedMediaType",

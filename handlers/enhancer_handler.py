@@ -1,12 +1,13 @@
-"""TorchServe handler for the enhancer: a thin adapter over engine.Enhancer.
+"""TorchServe handler for the enhancer: a thin adapter over ``enhancer.engine.Enhancer``.
 
-TorchServe imports this file by its bare name from the unpacked .mar, with the engine modules
-beside it (shipped with --extra-files), and requires it to define exactly one class.
+TorchServe imports this file by its bare name from the unpacked .mar and requires it to define
+exactly one class. The engine is the package ``enhancer``, shipped whole beside this file in the
+archive (``--extra-files``), and imported by name like everywhere else in the project.
 
 Requests: the raw image as the body (``curl -T photo.jpg``) with options as ``X-Enhance-*`` headers,
-or multipart with the image in ``data`` and options as fields. Each request in a TorchServe batch
-gets its own status: a bad one is answered 400/413/415/507 with a JSON body, the others succeed,
-and the worker lives on.
+or multipart with the image in ``data`` and options as fields (``enhancer.serving.torchserve``).
+Each request in a TorchServe batch gets its own status: a bad one is answered 400/413/415/507 with a
+JSON body, the others succeed, and the worker lives on.
 """
 
 from __future__ import annotations
@@ -14,15 +15,12 @@ from __future__ import annotations
 import logging
 import time
 from http import HTTPStatus
-from pathlib import Path
 
-import torch
 from ts.torch_handler.base_handler import BaseHandler
 
-from engine import Enhancer, Job, configure_cpu_threads
-from errors import EnhanceError
-from options import split_request
-from settings import EnhancerSettings
+from enhancer.engine import Job
+from enhancer.errors import EnhanceError
+from enhancer.serving.torchserve import load_engine, split_request
 
 logger = logging.getLogger(__name__)
 
@@ -37,17 +35,7 @@ class EnhancerHandler(BaseHandler):
             ValueError: invalid settings or card, or a model file that does not match its card's
                 sha256 (a tampered archive): the worker refuses to start.
         """
-        properties = context.system_properties
-        model_dir = Path(properties["model_dir"])
-        gpu_id = properties.get("gpu_id")
-        use_gpu = torch.cuda.is_available() and gpu_id is not None
-        self.device = torch.device(f"cuda:{gpu_id}" if use_gpu else "cpu")
-        self.settings = EnhancerSettings.from_model_config(context.model_yaml_config)
-        if not use_gpu:
-            threads = configure_cpu_threads(self.settings)
-            logger.info("CPU inference with %d threads", threads)
-        model_path = model_dir / context.manifest["model"]["serializedFile"]
-        self.enhancer = Enhancer.load(model_path, device=self.device, settings=self.settings)
+        self.enhancer, self.settings, self.device = load_engine(context)
         self.initialized = True
 
     def preprocess(self, data):
@@ -60,7 +48,7 @@ class EnhancerHandler(BaseHandler):
         for idx, request in enumerate(data):
             headers = self.context.get_all_request_header(idx)
             try:
-                image, options = split_request(request, headers, self.settings.option_header_prefix)
+                image, options = split_request(request, headers)
             except EnhanceError as error:
                 items.append(error)
                 continue

@@ -1,14 +1,14 @@
 """Export a trained model to the served pair: TorchScript ``.pt`` + JSON card, and prove the trace.
 
     # a model trained by scripts/train.py (the shipped default)
-    .venv/bin/python scripts/export.py --weights runs/default/model.pth \
+    .venv/bin/python -m scripts.export --weights runs/default/model.pth \
         --out model_store/enhancer.pt --tile 256 --overlap auto \
         --seam-image ../shared/data/eval/kodak24/kodim01.png
 
     # a fastai-course DynamicUnet: the pickled learner from learn.export() ...
-    .venv/bin/python scripts/export.py --learner export.pkl --out model_store/mine.pt --tile 256
+    .venv/bin/python -m scripts.export --learner export.pkl --out model_store/mine.pt --tile 256
     # ... or the weights from learn.save("stage2") (models/stage2.pth) and the body it was built on
-    .venv/bin/python scripts/export.py --fastai-weights models/stage2.pth --body resnet34 \
+    .venv/bin/python -m scripts.export --fastai-weights models/stage2.pth --body resnet34 \
         --out model_store/mine.pt --tile 256
 
 The exported module takes and returns RGB in [0, 1] (N, 3, h, w): a course model, trained on
@@ -21,172 +21,17 @@ output has the right shape and is finite and in [0, 1]. Any failure exits with s
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
-import time
 import warnings
-from pathlib import Path
 
-import numpy as np
-import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
-sys.path.insert(0, str(ROOT / "handlers"))
-from card import ModelCard, file_sha256  # noqa: E402
-from scripts.unet import CompactUNet, ContractWrapper, dynamic_unet  # noqa: E402
-
-
-class ExportError(Exception):
-    """The trace could not be proved; nothing usable was written."""
-
-
-def load_fastai_learner(path: str) -> torch.nn.Module:
-    """The model of a pickled fastai learner (``learn.export()``).
-
-    The course defines FeatureLoss in its notebook, so the pickle names ``__main__.FeatureLoss``:
-    ours is put there first, which is all unpickling needs (the loss itself is not used).
-    """
-    from fastai.learner import load_learner
-
-    import __main__
-    from scripts import feature_loss
-
-    for name in ("FeatureLoss", "gram_matrix"):
-        if not hasattr(__main__, name):
-            setattr(__main__, name, getattr(feature_loss, name))
-    return load_learner(path, cpu=True).model
-
-
-def load_model(args) -> tuple[torch.nn.Module, str, dict]:
-    """The eager module to trace, its arch name and its settings (for the card)."""
-    if args.weights:
-        ckpt = torch.load(args.weights, map_location="cpu", weights_only=False)
-        arch, cfg = ckpt["arch"], ckpt["config"]
-        if arch == "compact":
-            model = CompactUNet(tuple(cfg["nf"]), tuple(cfg["blocks"]), cfg.get("scale", 2))
-        else:
-            net = dynamic_unet(
-                cfg["body"], args.tile, cfg.get("self_attention", False), cfg.get("blur", True)
-            )
-            model = ContractWrapper(
-                net, cfg.get("in_norm", "imagenet"), cfg.get("out_norm", "imagenet")
-            )
-        model.load_state_dict(ckpt["model"])
-        return model, arch, cfg
-    if args.learner:
-        net = load_fastai_learner(args.learner)
-        cfg = {"source": "fastai learner", "in_norm": args.in_norm, "out_norm": args.out_norm}
-        return ContractWrapper(net, args.in_norm, args.out_norm), "dynamic_unet", cfg
-    if args.fastai_weights:
-        net = dynamic_unet(args.body, args.tile, args.self_attention, not args.no_blur)
-        state = torch.load(args.fastai_weights, map_location="cpu", weights_only=False)
-        # learn.save() stores {"model": ..., "opt": ...}; learn.save(with_opt=False) the bare dict
-        net.load_state_dict(state["model"] if "model" in state and "opt" in state else state)
-        cfg = {
-            "body": args.body,
-            "self_attention": args.self_attention,
-            "blur": not args.no_blur,
-            "in_norm": args.in_norm,
-            "out_norm": args.out_norm,
-        }
-        return ContractWrapper(net, args.in_norm, args.out_norm), "dynamic_unet", cfg
-    raise ExportError("give one of --weights, --learner, --fastai-weights")
-
-
-def model_facts(model: torch.nn.Module, arch: str, tile: int) -> tuple[int, int, bool]:
-    """(scale, multiple, dynamic): read off the module, and checked against a forward pass."""
-    if arch == "compact":
-        return model.scale, model.multiple, True
-    # a DynamicUnet keeps the size; its ResNet body halves it 5 times. Its Python shape branches
-    # (UnetBlock, ResizeToOrig) are frozen by the trace, so it is served at exactly ``tile``.
-    return 1, 32, False
-
-
-def prove(eager, traced, shapes, scale, atol, generator) -> float:
-    """Traced must equal eager on fresh inputs of every shape; returns the worst difference."""
-    worst = 0.0
-    for n, h, w in shapes:
-        x = torch.rand(n, 3, h, w, generator=generator)
-        with torch.no_grad():
-            want, got = eager(x), traced(x)
-        if got.shape != (n, 3, scale * h, scale * w):
-            raise ExportError(
-                f"output shape {tuple(got.shape)} for input {(n, 3, h, w)}: expected {scale}x"
-            )
-        if not torch.isfinite(got).all():
-            raise ExportError(f"traced output has NaN/inf at input {(n, 3, h, w)}")
-        if got.min() < 0 or got.max() > 1:
-            raise ExportError(f"traced output leaves [0, 1] ({got.min():.3f}..{got.max():.3f})")
-        diff = (got - want).abs().max().item()
-        print(f"  {n}x3x{h}x{w} -> {tuple(got.shape)}: max |traced - eager| = {diff:.2e}")
-        if diff > atol:
-            raise ExportError(
-                f"traced differs from eager by {diff:.2e} > {atol} at input {(n, 3, h, w)}"
-            )
-        worst = max(worst, diff)
-    return worst
-
-
-def check_dtypes(path: Path, tile: int, generator) -> tuple[list[str], dict]:
-    """float16/bfloat16 are listed only where the saved model, cast, gives finite output within
-    2/255 mean and 0.1 max of float32 (checked on this machine's CPU)."""
-    x = torch.rand(1, 3, tile, tile, generator=generator)
-    with torch.no_grad():
-        ref = torch.jit.load(str(path))(x)
-    ok, report = ["float32"], {}
-    for name, dtype in (("bfloat16", torch.bfloat16), ("float16", torch.float16)):
-        try:
-            with torch.no_grad():
-                out = torch.jit.load(str(path)).to(dtype)(x.to(dtype)).float()
-        except RuntimeError as error:  # e.g. no float16 convolution on this CPU
-            report[name] = f"not checked: {str(error).splitlines()[0][:80]}"
-            continue
-        mean, peak = (out - ref).abs().mean().item(), (out - ref).abs().max().item()
-        good = bool(torch.isfinite(out).all()) and mean < 2 / 255 and peak < 0.1
-        report[name] = {
-            "mean_abs_diff": round(mean, 5),
-            "max_abs_diff": round(peak, 4),
-            "valid": good,
-        }
-        if good:
-            ok.append(name)
-    return ok, report
-
-
-def seam_error(pt: Path, card_path: Path, eager, image: str) -> float:
-    """Max |engine tiled - whole image| on a real photo (the engine's own reflection padding)."""
-    from PIL import Image
-
-    from engine import Enhancer
-    from tiling import tiled_apply
-
-    enh = Enhancer.load(pt, card_path, device="cpu")
-    rgb = Image.open(image).convert("RGB")
-    x = torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0).permute(2, 0, 1)
-    card = enh.card
-    # one pass: 2x for a scale-2 model, a same-size restoring pass for a scale-1 model
-    tiled = enh.upscale(x, float(card.scale))
-    # one window holding the whole image: the engine's padding, no seams anywhere
-    side = max(x.shape[1:]) + 2 * card.overlap
-    big = -(-side // card.multiple) * card.multiple
-    with torch.no_grad():
-        (whole,) = tiled_apply(
-            [x],
-            lambda b: eager(b),
-            scale=card.scale,
-            tile=big,
-            overlap=card.overlap,
-            multiple=card.multiple,
-            dynamic=True,
-        )
-    return (tiled - whole.clamp(0, 1)).abs().max().item()
+from scripts.model.tracing import ExportError, export
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m scripts.export",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     src = ap.add_mutually_exclusive_group(required=True)
     src.add_argument("--weights", help="model.pth or ckpt*.pth written by scripts/train.py")
@@ -258,154 +103,6 @@ def main(argv: list[str] | None = None) -> int:
     except ExportError as error:
         print(f"EXPORT FAILED: {error}", file=sys.stderr)
         return 1
-
-
-def export(args) -> int:
-    model, arch, cfg = load_model(args)
-    model = model.float().eval()
-    scale, multiple, dynamic = model_facts(model, arch, args.tile)
-    if args.tile % multiple:
-        raise ExportError(f"--tile {args.tile} must be a multiple of {multiple}")
-    if args.overlap == "auto":
-        if not args.seam_image:
-            raise ExportError("--overlap auto needs --seam-image")
-        # multiples of `multiple` only: a U-Net with strided downsampling is not shift-invariant,
-        # so windows must start on its grid to agree with the whole image (tile and step, which
-        # is tile - 3*overlap, are then multiples too)
-        candidates = [
-            v
-            for v in (8, 12, 16, 24, 32, 40, 48, 64, 80, 96)
-            if v % multiple == 0 and 3 * v < args.tile
-        ]
-        if not candidates:
-            raise ExportError(f"no overlap that is a multiple of {multiple} fits tile {args.tile}")
-    else:
-        candidates = [int(args.overlap)]
-        if 3 * candidates[0] >= args.tile:
-            raise ExportError(
-                f"overlap {args.overlap} too large for tile {args.tile} (must be < tile/3)"
-            )
-    other = args.other_size or (args.tile // 2 + multiple if dynamic else args.tile + 2 * multiple)
-    other = -(-other // multiple) * multiple
-    gen = torch.Generator().manual_seed(0)
-    example = torch.rand(1, 3, args.tile, args.tile, generator=gen)
-    print(f"tracing {arch} (scale {scale}, multiple {multiple}) at 1x3x{args.tile}x{args.tile}")
-    with torch.no_grad(), warnings.catch_warnings():
-        # DynamicUnet's shape checks warn that the trace freezes them: proved below, at two sizes
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        traced = torch.jit.trace(model, example, check_inputs=[(torch.rand_like(example),)])
-    shapes = [(1, args.tile, args.tile), (2, args.tile, args.tile), (1, other, other)]
-    if dynamic:
-        shapes.append((1, multiple * 3, multiple * 5))
-    worst = prove(model, traced, shapes, scale, args.atol, gen)
-
-    # write beside the target under temporary names and move into place only once all is proved,
-    # so a failed export never leaves a half-written model or a card that does not match it
-    final = Path(args.out)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    out, card_path = (
-        final.with_name(final.stem + ".tmp.pt"),
-        final.with_name(final.stem + ".tmp.json"),
-    )
-    try:
-        traced.save(str(out))
-        reloaded = torch.jit.load(str(out))
-        worst = max(
-            worst, prove(model, reloaded, [(1, args.tile, args.tile)], scale, args.atol, gen)
-        )
-        dtypes, dtype_report = check_dtypes(out, args.tile, gen)
-        card = make_card(
-            args, model, arch, cfg, out, scale, multiple, dynamic, dtypes, shapes, worst
-        )
-        card["export"]["dtype_checks"] = dtype_report
-        for overlap in candidates:
-            card["overlap"] = overlap
-            ModelCard.from_dict(card)  # the server's own validation
-            card_path.write_text(json.dumps(card, indent=2) + "\n")
-            if not args.seam_image:
-                break
-            err = seam_error(out, card_path, model, args.seam_image)
-            card["export"]["seam"] = {
-                "image": Path(args.seam_image).name,
-                "overlap": overlap,
-                "max_abs_tiled_vs_whole": round(err, 6),
-                "limit": round(1 / 255, 6),
-            }
-            print(
-                f"  overlap {overlap}: max |tiled - whole| on {Path(args.seam_image).name} = "
-                f"{err:.5f} ({err * 255:.2f}/255)"
-            )
-            if err < 1 / 255:
-                break
-        else:
-            raise ExportError(
-                f"no overlap in {candidates} keeps tiles within 1/255 of the whole image"
-            )
-        card_path.write_text(json.dumps(card, indent=2) + "\n")
-        os.replace(out, final)
-        os.replace(card_path, final.with_suffix(".json"))
-    finally:
-        out.unlink(missing_ok=True)
-        card_path.unlink(missing_ok=True)
-    print(
-        f"PASS: wrote {final} ({final.stat().st_size / 1e6:.1f} MB, "
-        f"{card['params'] / 1e6:.2f}M params)"
-        f" and {final.with_suffix('.json')}"
-    )
-    return 0
-
-
-def make_card(
-    args, model, arch, cfg, path, scale, multiple, dynamic, dtypes, shapes, worst
-) -> dict:
-    """The card: the engine's fields, then how the model was made (training settings from the
-    run's args.yaml) and how it was proved. scripts/evaluate.py --write-card adds ``quality``."""
-    card = {
-        "name": args.name,
-        "version": args.version,
-        "scale": scale,
-        "multiple": multiple,
-        "tile": args.tile,
-        "overlap": 0,
-        "dtypes": dtypes,
-        "sha256": file_sha256(path),
-        "dynamic": dynamic,
-        "arch": {"name": arch, **cfg},
-        "params": sum(p.numel() for p in model.parameters()),
-        "size_bytes": path.stat().st_size,
-        "export": {
-            "traced_at": [1, 3, args.tile, args.tile],
-            "proved_sizes": [list(s) for s in shapes],
-            "max_abs_traced_vs_eager": worst,
-            "torch": torch.__version__,
-            "date": time.strftime("%Y-%m-%d"),
-        },
-    }
-    train_args = (
-        Path(args.train_args)
-        if args.train_args
-        else (Path(args.weights).with_name("args.yaml") if args.weights else None)
-    )
-    if train_args and train_args.exists():
-        card["training"] = training_record(train_args)
-    return card
-
-
-def training_record(path: Path) -> dict:
-    """The run's args.yaml, with the runs it started from (``--init-weights``) chained under
-    ``init_from`` and the totals of steps and wall time over the chain."""
-    import yaml
-
-    record = yaml.safe_load(path.read_text())
-    steps, wall = record.get("steps", 0), record.get("wall_time_s", 0)
-    init = record.get("init_weights")
-    if init and Path(init).with_name("args.yaml").exists():
-        previous = training_record(Path(init).with_name("args.yaml"))
-        record["init_from"] = previous
-        steps += previous.get("total_steps", previous.get("steps", 0))
-        wall += previous.get("total_wall_time_s", previous.get("wall_time_s", 0))
-    record["total_steps"], record["total_wall_time_s"] = steps, wall
-    return record
 
 
 if __name__ == "__main__":

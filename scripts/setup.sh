@@ -53,4 +53,10 @@ if [ ! -f "$stamp" ]; then
     fi
     touch "$stamp"
 fi
+# The project's own packages (enhancer, frontend, scripts) are installed editable: an install made
+# before their folders existed (the Docker image installs the dependencies before copying the code)
+# does not know them, so register them again, without touching the dependencies.
+if ! .venv/bin/python -c "import enhancer.contract, frontend, scripts.ops" 2>/dev/null; then
+    "${pip[@]}" --no-deps -e .
+fi
 echo "setup: .venv ready ($kind)" >&2

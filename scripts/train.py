@@ -33,13 +33,21 @@ import sys
 import time
 from pathlib import Path
 
+import fastai.callback.fp16  # noqa: F401  (adds Learner.to_fp16 / to_bf16)
+import fastai.callback.schedule  # noqa: F401  (adds Learner.fit_one_cycle)
 import torch
 import yaml
+from fastai.callback.core import Callback
+from fastai.callback.progress import ProgressCallback
+from fastai.callback.training import GradientClip
+from fastai.data.core import DataLoaders
+from fastai.data.load import DataLoader
+from fastai.learner import Learner
+from fastai.optimizer import Adam
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from scripts import crappify  # noqa: E402
-from scripts.feature_loss import FeatureLoss, PixelFreqLoss, pool_block_ends, vgg16_features  # noqa: E402
-from scripts.unet import build_model  # noqa: E402
+from scripts.model import crappify
+from scripts.model.feature_loss import FeatureLoss, PixelFreqLoss, pool_block_ends, vgg16_features
+from scripts.model.unet import build_model
 
 ints = lambda s: tuple(int(v) for v in s.split(","))  # noqa: E731
 
@@ -155,15 +163,6 @@ if precision == "auto":
     precision = "fp16" if device.type == "cuda" else ("bf16" if cpu_bf16 else "fp32")
 
 # ----------------------------------------------------------------------------------------- data
-import fastai.callback.fp16  # noqa: E402,F401  (adds Learner.to_fp16 / to_bf16)
-import fastai.callback.schedule  # noqa: E402,F401  (adds Learner.fit_one_cycle)
-from fastai.callback.core import Callback  # noqa: E402
-from fastai.callback.progress import ProgressCallback  # noqa: E402
-from fastai.callback.training import GradientClip  # noqa: E402
-from fastai.data.core import DataLoaders  # noqa: E402
-from fastai.data.load import DataLoader  # noqa: E402
-from fastai.learner import Learner  # noqa: E402
-from fastai.optimizer import Adam  # noqa: E402
 
 out_scale = 2 if args.arch == "compact" else 1
 images = crappify.load_images(args.data)

@@ -1,15 +1,15 @@
-"""Enhance an image through the Triton binding (scripts/triton_serve.py) with ``tritonclient``.
+"""Enhance an image through the Triton binding (scripts.triton_serve) with ``tritonclient``.
 
-    .venv/bin/python scripts/triton_client.py photo.jpg -o photo_x2.png
-    .venv/bin/python scripts/triton_client.py photo.jpg -o photo_x4.webp --scale 4 --format webp
-    .venv/bin/python scripts/triton_client.py photo.jpg --url 127.0.0.1:9000 --check    # PASS/FAIL
-    .venv/bin/python scripts/triton_client.py photo.jpg -o x.png --protocol grpc   # port 8001
+    .venv/bin/python -m scripts.triton_client photo.jpg -o photo_x2.png
+    .venv/bin/python -m scripts.triton_client photo.jpg -o photo_x4.webp --scale 4 --format webp
+    .venv/bin/python -m scripts.triton_client photo.jpg --url 127.0.0.1:9000 --check    # PASS/FAIL
+    .venv/bin/python -m scripts.triton_client photo.jpg -o x.png --protocol grpc   # port 8001
 
 It sends the file's bytes as the ``image`` input and the options as the ``options`` input (a JSON
 object), and reads back ``image``, ``content_type``, ``width``, ``height``, ``status`` and
 ``error``. Without ``--format``, the output file's extension (.png, .jpg, .webp) picks the format.
 The service answers a refused image with ``status`` 400/413/415/500/507 and TorchServe's JSON body
-in ``error`` (scripts/triton_serve.py says why errors are outputs); this client prints that error
+in ``error`` (scripts.triton_serve says why errors are outputs); this client prints that error
 and exits 1, as it does when Triton cannot be reached or refuses the request itself.
 
 ``--check`` does what Triton's example clients do: it checks the answer (status 200, the declared
@@ -20,149 +20,18 @@ and prints ``PASS: enhancer ...`` or ``FAIL: enhancer ...``.
 from __future__ import annotations
 
 import argparse
-import io
-import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-MODEL_NAME = "enhancer"
-OUTPUTS = ("image", "content_type", "width", "height", "status", "error")
-OPTION_NAMES = ("scale", "format", "quality", "tile", "strength")
-FORMAT_BY_SUFFIX = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
-
-
-@dataclass
-class Reply:
-    """The answer for one image.
-
-    Attributes:
-        status: 200, or the service's HTTP-style status (400, 413, 415, 500, 507).
-        data: the encoded image (empty on error).
-        content_type: e.g. "image/png" (empty on error).
-        width, height: the output size (0 on error).
-        error: the parsed error body ``{"code", "type", "message"}``, or None.
-    """
-
-    status: int
-    data: bytes
-    content_type: str
-    width: int
-    height: int
-    error: dict | None
-
-    @property
-    def ok(self) -> bool:
-        return self.status == 200
-
-
-def client_module(protocol: str):
-    """``tritonclient.http`` or ``tritonclient.grpc`` (the latter needs ``tritonclient[grpc]``)."""
-    if protocol == "grpc":
-        import tritonclient.grpc as module
-    else:
-        import tritonclient.http as module
-    return module
-
-
-def make_inputs(module, images: list[bytes], options: list[dict] | None = None) -> list:
-    """The ``image`` and ``options`` inputs for a batch of images (one row each)."""
-    column = np.empty((len(images), 1), dtype=np.object_)  # object: bytes keep trailing NULs
-    for i, data in enumerate(images):
-        column[i, 0] = data
-    image = module.InferInput("image", list(column.shape), "BYTES")
-    image.set_data_from_numpy(column)
-    inputs = [image]
-    if options is not None:
-        rows = np.empty((len(images), 1), dtype=np.object_)
-        for i, values in enumerate(options):
-            rows[i, 0] = json.dumps(values).encode()
-        option_input = module.InferInput("options", list(rows.shape), "BYTES")
-        option_input.set_data_from_numpy(rows)
-        inputs.append(option_input)
-    return inputs
-
-
-def parse_reply(result, row: int = 0) -> Reply:
-    """The Reply of one row of an InferResult."""
-
-    def cell(name: str):
-        return result.as_numpy(name)[row, 0]
-
-    error = bytes(cell("error"))
-    return Reply(
-        status=int(cell("status")),
-        data=bytes(cell("image")),
-        content_type=bytes(cell("content_type")).decode(),
-        width=int(cell("width")),
-        height=int(cell("height")),
-        error=json.loads(error) if error else None,
-    )
-
-
-def enhance(
-    client,
-    images: list[bytes],
-    options: list[dict] | None = None,
-    *,
-    protocol: str = "http",
-    model_name: str = MODEL_NAME,
-    timeout: float = 300.0,
-) -> list[Reply]:
-    """Send images (one request, one row each) and return one Reply per image.
-
-    Args:
-        client: a ``tritonclient.http`` or ``.grpc`` InferenceServerClient.
-        images: encoded images.
-        options: per image, option name -> value (e.g. ``{"scale": "4"}``); None sends none.
-        protocol: "http" or "grpc", matching ``client``.
-        model_name: the Triton model.
-        timeout: seconds for the whole request (gRPC; HTTP uses the client's network_timeout).
-
-    Raises:
-        tritonclient.utils.InferenceServerException: Triton refused or failed the request itself
-            (unreachable, queue full, a server-side bug).
-    """
-    module = client_module(protocol)
-    outputs = [module.InferRequestedOutput(name) for name in OUTPUTS]
-    inputs = make_inputs(module, images, options)
-    kwargs = {"client_timeout": timeout} if protocol == "grpc" else {}
-    result = client.infer(model_name, inputs, outputs=outputs, **kwargs)
-    return [parse_reply(result, row) for row in range(len(images))]
-
-
-def expected_size(data: bytes, scale: float) -> tuple[int, int]:
-    """round(scale x size) of an image after its EXIF orientation, as the service promises."""
-    from PIL import Image, ImageOps
-
-    with Image.open(io.BytesIO(data)) as image:
-        width, height = ImageOps.exif_transpose(image).size
-    return max(1, round(scale * width)), max(1, round(scale * height))
-
-
-def check(reply: Reply, data: bytes, scale: float) -> tuple[bool, str]:
-    """Whether a reply is right for ``data`` at ``scale``, and the line that says so."""
-    from PIL import Image
-
-    if not reply.ok:
-        message = reply.error.get("message") if reply.error else ""
-        return False, f"status {reply.status}: {message}"
-    want = expected_size(data, scale)
-    with Image.open(io.BytesIO(reply.data)) as image:
-        got = image.size
-        mime = Image.MIME.get(image.format or "", "")
-    ok = got == want == (reply.width, reply.height) and mime == reply.content_type
-    return ok, (
-        f"{got[0]}x{got[1]} {mime} (declared {reply.width}x{reply.height} {reply.content_type}, "
-        f"expected {want[0]}x{want[1]})"
-    )
+from enhancer.contract import MODEL_NAME, OPTION_NAMES
+from scripts.ops import triton_client
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m scripts.triton_client",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("image", type=Path, help="the image file to enhance")
     parser.add_argument("-o", "--output", type=Path, help="where to write the result")
@@ -184,68 +53,19 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument(f"--{name}", help=f"the '{name}' option (see the README's API section)")
     args = parser.parse_args(argv)
 
-    from tritonclient.utils import InferenceServerException
-
-    data = args.image.read_bytes()
     options = {
         name: getattr(args, name) for name in OPTION_NAMES if getattr(args, name) is not None
     }
-    suffix = args.output.suffix.lower() if args.output else ""
-    if "format" not in options and suffix in FORMAT_BY_SUFFIX:
-        options["format"] = FORMAT_BY_SUFFIX[suffix]
-    module = client_module(args.protocol)
-    url = args.url or ("127.0.0.1:8001" if args.protocol == "grpc" else "127.0.0.1:8000")
-    if args.protocol == "grpc":
-        client = module.InferenceServerClient(url)
-    else:
-        client = module.InferenceServerClient(
-            url, connection_timeout=10, network_timeout=args.timeout
-        )
-    try:
-        (reply,) = enhance(
-            client,
-            [data],
-            [options],
-            protocol=args.protocol,
-            model_name=args.model_name,
-            timeout=args.timeout,
-        )
-    except InferenceServerException as error:
-        print(
-            f"{'FAIL: ' + args.model_name if args.check else 'error'}: Triton at {url}: "
-            f"{error.message()} (status {error.status()})",
-            file=sys.stderr,
-        )
-        return 1
-    except OSError as error:  # connection refused or reset: no server at that address
-        print(
-            f"{'FAIL: ' + args.model_name if args.check else 'error'}: Triton at {url}: {error}",
-            file=sys.stderr,
-        )
-        return 1
-    finally:
-        client.close()
-
-    if not reply.ok:
-        kind = reply.error.get("type", "") if reply.error else ""
-        message = reply.error.get("message", "") if reply.error else ""
-        print(
-            f"{'FAIL: ' + args.model_name if args.check else 'error'}: {reply.status} {kind}: "
-            f"{message}",
-            file=sys.stderr,
-        )
-        return 1
-    if args.output:
-        args.output.write_bytes(reply.data)
-        print(
-            f"wrote {args.output} ({reply.width}x{reply.height} {reply.content_type}, "
-            f"{len(reply.data):,} bytes)"
-        )
-    if args.check:
-        ok, line = check(reply, data, float(options.get("scale", 2)))
-        print(f"{'PASS' if ok else 'FAIL'}: {args.model_name} {line}")
-        return 0 if ok else 1
-    return 0
+    return triton_client.run(
+        args.image,
+        args.output,
+        options,
+        url=args.url,
+        protocol=args.protocol,
+        model_name=args.model_name,
+        timeout=args.timeout,
+        check_reply=args.check,
+    )
 
 
 if __name__ == "__main__":

@@ -2,39 +2,16 @@
 
 from __future__ import annotations
 
-import io
-import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
-TESTS = Path(__file__).parent
-sys.path.insert(0, str(TESTS))  # tiny_models and other test helpers import flat
-pytest_plugins = ["servers"]  # real TorchServe fixtures: tests/servers.py
+from tests.helpers.context import FakeContext
+from tests.helpers.images import photo_array
+from tests.helpers.tiny_models import tiny_restore, tiny_sr
 
-from tiny_models import tiny_restore, tiny_sr  # noqa: E402
-
-
-def photo_array(width: int, height: int, seed: int = 0) -> np.ndarray:
-    """A photo-like (height, width, 3) uint8 array: smooth gradients, edges and fine texture."""
-    rng = np.random.default_rng(seed)
-    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
-    r = 0.5 + 0.4 * np.sin(x / max(width, 1) * 3.1 + 0.3)
-    g = 0.5 + 0.4 * np.cos(y / max(height, 1) * 2.7)
-    b = 0.5 + 0.3 * np.sin((x + y) / 9.0)
-    rgb = np.stack([r, g, b], axis=-1)
-    rgb[(x // 7 + y // 5) % 2 == 0] *= 0.85  # hard edges
-    rgb += rng.normal(0, 0.03, rgb.shape)  # texture
-    return (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8)
-
-
-def encode(image: Image.Image, fmt: str = "PNG", **params) -> bytes:
-    """Image -> bytes in ``fmt`` with Pillow save parameters."""
-    out = io.BytesIO()
-    image.save(out, format=fmt, **params)
-    return out.getvalue()
+pytest_plugins = ["tests.helpers.servers"]  # real TorchServe fixtures
 
 
 @pytest.fixture(scope="session")
@@ -60,7 +37,7 @@ def restore_model(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def enhancer(sr_model):
     """An Enhancer on the tiny scale-2 model, CPU, default settings."""
-    from engine import Enhancer
+    from enhancer.engine import Enhancer
 
     return Enhancer.load(sr_model)
 
@@ -75,44 +52,6 @@ def photo():
     return make
 
 
-class FakeContext:
-    """What EnhancerHandler touches of TorchServe's Context, recording what it sets.
-
-    Args:
-        model_dir: the unpacked archive folder.
-        handler_config: the ``handler:`` section of model-config.yaml.
-        headers: per request, the request properties TorchServe would pass (header name -> value).
-    """
-
-    def __init__(
-        self, model_dir: Path, handler_config: dict | None = None, headers: list[dict] | None = None
-    ):
-        self.system_properties = {"model_dir": str(model_dir), "gpu_id": None, "batch_size": 4}
-        self.manifest = {"model": {"serializedFile": "enhancer.pt", "modelName": "enhancer"}}
-        self.model_yaml_config = {"handler": handler_config or {}}
-        self.headers = headers or []
-        self.statuses: dict[int, tuple[int, str]] = {}
-        self.content_types: dict[int, str] = {}
-        self.metrics = _FakeMetrics()
-
-    def get_all_request_header(self, idx: int) -> dict:
-        return self.headers[idx] if idx < len(self.headers) else {}
-
-    def get_request_header(self, idx: int, key: str):
-        return self.get_all_request_header(idx).get(key)
-
-    def set_response_status(self, code: int = 200, phrase: str = "", idx: int = 0) -> None:
-        self.statuses[idx] = (code, phrase)
-
-    def set_response_content_type(self, idx: int, value: str) -> None:
-        self.content_types[idx] = value
-
-
-class _FakeMetrics:
-    def add_time(self, *args, **kwargs) -> None:
-        pass
-
-
 @pytest.fixture
 def fake_context(model_dir):
     """Factory: fake_context(handler_config=None, headers=None) -> FakeContext (tiny model)."""
@@ -121,3 +60,21 @@ def fake_context(model_dir):
         return FakeContext(model_dir, handler_config, headers)
 
     return make
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``gpu`` need a CUDA device, ``triton`` the triton extra: skip them otherwise."""
+    import importlib.util
+
+    import torch
+
+    no_cuda = pytest.mark.skip(reason="needs a CUDA device")
+    no_triton = pytest.mark.skip(reason="needs the triton extra: pip install -e '.[triton]'")
+    has_triton = all(
+        importlib.util.find_spec(name) is not None for name in ("pytriton", "tritonclient")
+    )
+    for item in items:
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(no_cuda)
+        if "triton" in item.keywords and not has_triton:
+            item.add_marker(no_triton)

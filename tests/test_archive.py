@@ -1,4 +1,5 @@
-"""scripts/archive.py: what the .mar holds, when it is rebuilt, and what it refuses to build."""
+"""scripts.ops.archive and ``python -m scripts.archive``: what the .mar holds, when it is
+rebuilt, and what it refuses to build."""
 
 from __future__ import annotations
 
@@ -11,8 +12,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from card import ModelCard
-from scripts import archive
+from enhancer.card import ModelCard
+from scripts import archive as archive_cli
+from scripts.ops import archive
+from scripts.ops.paths import HANDLER, HANDLERS, MODEL_CONFIG, PACKAGE
 
 
 @pytest.fixture
@@ -35,15 +38,23 @@ def test_archive_holds_handler_engine_card_and_config(tmp_path, model, store):
     mar = archive.build_archive(model, export_path=tmp_path / "store", store=store)
     assert mar == tmp_path / "store" / "enhancer.mar"
     files = members(mar)
-    engine = {p.name for p in archive.HANDLERS.glob("*.py")}
-    assert engine <= set(files)  # the handler and every engine module, flat
-    for name in engine:
-        assert files[name] == (archive.HANDLERS / name).read_bytes()
+    assert files["enhancer_handler.py"] == HANDLER.read_bytes()  # the handler, at the top
+    package = {
+        p.relative_to(HANDLERS).as_posix(): p
+        for p in PACKAGE.rglob("*.py")
+        if "__pycache__" not in p.parts
+    }
+    assert {"enhancer/__init__.py", "enhancer/engine.py", "enhancer/imaging/decode.py"} <= set(
+        package
+    )
+    # the enhancer package folder, whole, and nothing else of it (no caches)
+    shipped = {name for name in files if name.startswith("enhancer/")}
+    assert shipped == set(package)
+    for name, path in package.items():
+        assert files[name] == path.read_bytes()
     assert files["enhancer.pt"] == model.read_bytes()
     assert files["enhancer.json"] == model.with_suffix(".json").read_bytes()
-    assert yaml.safe_load(files["model-config.yaml"]) == yaml.safe_load(
-        archive.MODEL_CONFIG.read_text()
-    )
+    assert yaml.safe_load(files["model-config.yaml"]) == yaml.safe_load(MODEL_CONFIG.read_text())
     manifest = json.loads(files["MAR-INF/MANIFEST.json"])["model"]
     assert manifest["modelName"] == "enhancer"
     assert manifest["handler"] == "enhancer_handler.py"
@@ -82,9 +93,7 @@ def test_stale_when_contents_differ_even_if_older(tmp_path, model):
     """Another model, config, name or version than the archive holds: rebuild, mtimes aside."""
     mar = archive.build_archive(model, export_path=tmp_path)
     other_config = tmp_path / "model-config.yaml"
-    other_config.write_text(
-        archive.MODEL_CONFIG.read_text().replace("batchSize: 4", "batchSize: 1")
-    )
+    other_config.write_text(MODEL_CONFIG.read_text().replace("batchSize: 4", "batchSize: 1"))
     os.utime(other_config, (0, 0))
     assert archive.is_stale(mar, model, config_file=other_config)
     assert archive.is_stale(mar, model, name="other")
@@ -114,18 +123,19 @@ def test_refuses_a_model_without_its_card(tmp_path, model):
 
 
 def test_command_line_lists_contents_and_sha256(tmp_path, model, capsys):
-    assert archive.main(["--model", str(model), "--export-path", str(tmp_path), "--store"]) == 0
+    assert archive_cli.main(["--model", str(model), "--export-path", str(tmp_path), "--store"]) == 0
     out = capsys.readouterr().out
     mar = tmp_path / "enhancer.mar"
     assert f"archive: built: {mar}" in out
     assert "enhancer_handler.py" in out and "model-config.yaml" in out and "enhancer.json" in out
     assert f"sha256 {archive.file_sha256(mar)}  enhancer.mar" in out
-    assert archive.main(["--model", str(model), "--export-path", str(tmp_path)]) == 0
+    assert archive_cli.main(["--model", str(model), "--export-path", str(tmp_path)]) == 0
     assert "archive: up to date" in capsys.readouterr().out
 
 
 def test_command_line_reports_a_missing_model(tmp_path, capsys):
     assert (
-        archive.main(["--model", str(tmp_path / "nothing.pt"), "--export-path", str(tmp_path)]) == 1
+        archive_cli.main(["--model", str(tmp_path / "nothing.pt"), "--export-path", str(tmp_path)])
+        == 1
     )
     assert "nothing.pt not found" in capsys.readouterr().err

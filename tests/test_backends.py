@@ -8,10 +8,10 @@ import logging
 import pytest
 import torch
 
-import backends
-from engine import Enhancer
-from settings import EnhancerSettings
-from tiny_models import TinySR, save_model, tiny_restore, tiny_sr
+from enhancer import backends
+from enhancer.engine import Enhancer
+from enhancer.settings import EnhancerSettings
+from tests.helpers.tiny_models import TinySR, save_model, tiny_restore, tiny_sr
 
 pytest.importorskip("openvino")
 
@@ -68,10 +68,10 @@ def test_a_model_that_cannot_be_converted_falls_back_with_one_line(fresh_sr, mon
         raise RuntimeError("unsupported operation aten::fancy")
 
     monkeypatch.setattr(openvino, "convert_model", refuse)
-    with caplog.at_level(logging.WARNING, logger="backends"):
+    with caplog.at_level(logging.WARNING, logger="enhancer.backends"):
         enhancer = load(fresh_sr, "auto")
     assert enhancer.runner.backend == "torchscript"
-    lines = [r.getMessage() for r in caplog.records if r.name == "backends"]
+    lines = [r.getMessage() for r in caplog.records if r.name == "enhancer.backends"]
     assert len(lines) == 1
     assert "staying on TorchScript" in lines[0] and "aten::fancy" in lines[0]
     assert enhancer.upscale(torch.rand(3, 8, 8), 2).shape == (3, 16, 16)
@@ -82,14 +82,14 @@ def test_a_model_that_cannot_be_converted_falls_back_with_one_line(fresh_sr, mon
 
 def test_no_openvino_installed_falls_back(fresh_sr, monkeypatch, caplog):
     monkeypatch.setitem(__import__("sys").modules, "openvino", None)
-    with caplog.at_level(logging.WARNING, logger="backends"):
+    with caplog.at_level(logging.WARNING, logger="enhancer.backends"):
         assert load(fresh_sr, "auto").runner.backend == "torchscript"
     assert "openvino is not installed" in caplog.text
 
 
 def test_a_parity_miss_falls_back(fresh_sr, monkeypatch, caplog):
     monkeypatch.setattr(backends, "parity_error", lambda *args: 3 / 255)
-    with caplog.at_level(logging.WARNING, logger="backends"):
+    with caplog.at_level(logging.WARNING, logger="enhancer.backends"):
         assert load(fresh_sr, "auto").runner.backend == "torchscript"
     assert "differs from TorchScript's by 3.00/255" in caplog.text
 

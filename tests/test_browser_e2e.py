@@ -1,7 +1,8 @@
 """End to end: a real TorchServe, the page under gunicorn, and headless Chromium driving it.
 
-TorchServe serves the tiny scale-2 model (tests/servers.py); the page runs under gunicorn exactly as
-``scripts/page.py start`` runs it, on a free port, pointed at that TorchServe and its key file; and
+TorchServe serves the tiny scale-2 model (tests/helpers/servers.py); the page runs under gunicorn
+exactly as ``python -m scripts.page start`` runs it, on a free port, pointed at that TorchServe and
+its key file; and
 Playwright drives Debian's Chromium (``/usr/bin/chromium``; ``playwright install`` cannot download a
 browser here) with a fresh profile. Screenshots go to ``artifacts/`` (git-ignored).
 
@@ -16,10 +17,12 @@ from __future__ import annotations
 import base64
 import http.client
 import io
+import json
 import random
 import re
 import socket
 import subprocess
+import sys
 import threading
 import time
 import zipfile
@@ -31,9 +34,11 @@ import pytest
 import requests
 from PIL import Image
 
-from scripts import page as page_script
-from scripts import serve
-from servers import start_torchserve, stop_torchserve
+from scripts import page as page_cli
+from scripts.ops import container
+from scripts.ops import page as page_script
+from scripts.ops import torchserve as serve
+from tests.helpers.servers import start_torchserve, stop_torchserve
 
 pytestmark = pytest.mark.e2e
 
@@ -82,7 +87,7 @@ def free_port() -> int:
 
 
 def start_page(ts, workdir: Path, **config) -> Page:
-    """Start the page under gunicorn for TorchServe ``ts``, as scripts/page.py does; wait for it."""
+    """Start the page under gunicorn for TorchServe ``ts`` as scripts.ops.page does; wait for it."""
     workdir.mkdir(parents=True, exist_ok=True)
     port = free_port()
     extra = {f"FLASK_{name}": str(value) for name, value in config.items()}
@@ -359,7 +364,7 @@ def test_pick_by_keyboard_and_download_all_as_zip(site, browser, photo, tmp_path
     download.save_as(saved)
 
     with zipfile.ZipFile(saved) as archive:
-        assert archive.testzip() is None  # every CRC-32 the page computed is right
+        assert archive.testzip() is None  # every CRC-32 is right (fflate, vendored)
         assert archive.namelist() == ["a-x3.jpg", "b-x3.jpg", "a-x3-2.jpg"]
         sizes = []
         for name in archive.namelist():
@@ -576,7 +581,7 @@ def test_page_routes_through_gunicorn(site):
 @pytest.fixture(scope="module")
 def short_keys(tmp_path_factory):
     """A TorchServe whose keys expire after 6 s, and a page in front of it."""
-    from tiny_models import tiny_sr
+    from tests.helpers.tiny_models import tiny_sr
 
     model = tiny_sr(tmp_path_factory.mktemp("short-keys-model"))
     started = time.monotonic()
@@ -626,6 +631,39 @@ def test_expiring_keys_never_reach_the_user(short_keys, photo):
     assert 2 <= rotations <= lifetime / 6 + 1, (rotations, lifetime)
 
 
+def test_status_and_health_check_rotate_expired_keys(short_keys, monkeypatch, tmp_path):
+    """``python -m scripts.serve status`` (and ``smoke``) and the container's health check still
+    say ready after the keys have expired: they rotate them, as the page does (enhancer.client)."""
+    ts, page, started = short_keys
+    where = ["--run-dir", str(ts.workdir), "--config", str(ts.workdir / "config.properties")]
+    old = json.loads((ts.workdir / "key_file.json").read_text())
+    time.sleep(max(0.0, started + 7.0 - time.monotonic()))  # past one 6-second key life
+    time.sleep(6.5)  # and past the life of any key the page rotated meanwhile
+    status = subprocess.run(
+        [sys.executable, "-m", "scripts.serve", *where, "status"],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path,
+    )  # fmt: skip
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert ": READY" in status.stdout
+    new = json.loads((ts.workdir / "key_file.json").read_text())
+    assert new["management"]["key"] != old["management"]["key"], "rotated, not re-read"
+    time.sleep(6.5)
+    smoke = subprocess.run(
+        [sys.executable, "-m", "scripts.serve", *where, "smoke"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert smoke.returncode == 0, smoke.stdout + smoke.stderr
+    assert smoke.stdout.count("PASS") == 3
+    time.sleep(6.5)
+    instance = serve.Instance.from_config(ts.workdir, ts.workdir / "config.properties")
+    mode_file = tmp_path / "container.json"
+    port = int(page.url.rsplit(":", 1)[1])
+    mode_file.write_text(json.dumps({"mode": "serve", "page_port": port}))
+    monkeypatch.setattr(container, "MODE_FILE", mode_file)
+    monkeypatch.setattr(container.serve, "run_instance", lambda: instance)
+    assert container.health() == 0
+
+
 def test_torchserve_down_and_back_under_a_running_page(short_keys, photo, browser):
     ts, page, _ = short_keys
     image = encoded(photo(24, 16))
@@ -672,11 +710,11 @@ def test_torchserve_down_and_back_under_a_running_page(short_keys, photo, browse
 
 
 def test_page_script_start_status_stop(tmp_path, monkeypatch, torchserve):
-    """scripts/page.py start|status|stop, in a scratch run folder."""
+    """python -m scripts.page start|status|stop, in a scratch run folder."""
     monkeypatch.setattr(page_script, "STATE_FILE", tmp_path / "page.json")
     monkeypatch.setattr(page_script, "LOG_DIR", tmp_path / "logs")
     monkeypatch.setattr(
-        page_script.serve,
+        page_script,
         "run_instance",
         lambda: serve.Instance(
             torchserve.workdir,
@@ -686,16 +724,14 @@ def test_page_script_start_status_stop(tmp_path, monkeypatch, torchserve):
         ),
     )
     port = free_port()
-    assert page_script.main(["start", "--port", str(port), "--workers", "1"]) == 0
+    assert page_cli.main(["start", "--port", str(port), "--workers", "1"]) == 0
     try:
-        assert (
-            page_script.main(["start", "--port", str(port)]) == 0
-        )  # already running: no second one
-        assert page_script.main(["status"]) == 0
+        assert page_cli.main(["start", "--port", str(port)]) == 0  # already running: no second one
+        assert page_cli.main(["status"]) == 0
         health = requests.get(f"http://127.0.0.1:{port}/health", timeout=10)
         assert health.json() == {"torchserve": "ready", "model": "READY"}
     finally:
-        assert page_script.main(["stop"]) == 0
-    assert page_script.main(["status"]) == 1
+        assert page_cli.main(["stop"]) == 0
+    assert page_cli.main(["status"]) == 1
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://127.0.0.1:{port}/health", timeout=5)

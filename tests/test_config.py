@@ -12,16 +12,16 @@ from urllib.parse import urlparse
 import pytest
 import yaml
 
-from scripts import serve
+from scripts.ops import paths, properties
 
-PROPS = serve.read_properties(serve.CONFIG)
-MODEL_CONFIG = yaml.safe_load((serve.REPO / "handlers" / "model-config.yaml").read_text())
+PROPS = properties.read_properties(paths.CONFIG)
+MODEL_CONFIG = yaml.safe_load((paths.REPO / "handlers" / "model-config.yaml").read_text())
 HANDLER = MODEL_CONFIG["handler"]
 MiB = 1024 * 1024
 
 
 def test_every_address_is_loopback():
-    text = serve.CONFIG.read_text()
+    text = paths.CONFIG.read_text()
     assert "0.0.0.0" not in text and "[::]" not in text
     for key in ("inference_address", "management_address", "metrics_address"):
         assert urlparse(PROPS[key]).hostname == "127.0.0.1", key
@@ -121,7 +121,7 @@ def test_blacklist_keeps_what_the_worker_needs(name):
 
 def test_every_setting_says_why():
     """Each group of settings starts with a comment (one line at least) explaining it."""
-    blocks = serve.CONFIG.read_text().split("\n\n")
+    blocks = paths.CONFIG.read_text().split("\n\n")
     for block in blocks:
         lines = [line for line in block.strip().splitlines() if line.strip()]
         if any("=" in line and not line.startswith("#") for line in lines):
@@ -131,5 +131,5 @@ def test_every_setting_says_why():
 def test_properties_parser_unescapes_like_java(tmp_path):
     path = tmp_path / "c.properties"
     path.write_text("# comment\n! also comment\nallowed_urls=file://.*/x/[^/]+\\\\.mar\n a = b \n")
-    assert serve.read_properties(path) == {"allowed_urls": r"file://.*/x/[^/]+\.mar", "a": "b"}
-    assert serve.escape_property(r"a\.b") == r"a\\.b"
+    assert properties.read_properties(path) == {"allowed_urls": r"file://.*/x/[^/]+\.mar", "a": "b"}
+    assert properties.escape_property(r"a\.b") == r"a\\.b"

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from scripts import crappify
+from scripts.model import crappify
 
 
 def photo(h=96, w=128, seed=0) -> Image.Image:

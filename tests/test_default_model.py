@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from card import ModelCard, file_sha256
+from enhancer.card import ModelCard, file_sha256
 
 STORE = Path(__file__).resolve().parents[1] / "model_store"
 MODEL, CARD = STORE / "enhancer.pt", STORE / "enhancer.json"

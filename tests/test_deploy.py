@@ -9,17 +9,17 @@ authorization is only off where every TorchServe port stays on the pod's loopbac
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 from urllib.parse import urlparse
 
 import pytest
 import yaml
 
+from enhancer.contract import MODEL_NAME
+from scripts.ops import paths, properties
+
 REPO = Path(__file__).resolve().parent.parent
 DEPLOY = REPO / "deploy"
-sys.path.insert(0, str(REPO / "scripts"))
-import serve  # noqa: E402  (scripts/serve.py: the properties parser and the model name)
 
 KSERVE_CONFIG = DEPLOY / "kserve" / "config" / "config.properties"
 # Keys allowed to differ from the repository's config.properties, and why they must.
@@ -44,12 +44,12 @@ def one(path: Path, kind: str) -> dict:
 
 @pytest.fixture(scope="module")
 def repo_config() -> dict[str, str]:
-    return serve.read_properties(serve.CONFIG)
+    return properties.read_properties(paths.CONFIG)
 
 
 @pytest.fixture(scope="module")
 def pod_config() -> dict[str, str]:
-    return serve.read_properties(KSERVE_CONFIG)
+    return properties.read_properties(KSERVE_CONFIG)
 
 
 @pytest.fixture(scope="module")
@@ -97,9 +97,9 @@ def test_token_auth_is_off_only_with_every_port_on_loopback(pod_config):
 
 
 def test_pod_config_loads_the_bundles_archive(pod_config):
-    archive = f"{serve.MODEL_NAME}.mar"
+    archive = f"{MODEL_NAME}.mar"
     assert pod_config["model_store"] == "/mnt/models/model-store"
-    assert pod_config["load_models"] == f"{serve.MODEL_NAME}={archive}"
+    assert pod_config["load_models"] == f"{MODEL_NAME}={archive}"
     # allowed_urls is a Java regex over file URLs: the bundle's archive, and nothing elsewhere
     pattern = pod_config["allowed_urls"]
     assert re.fullmatch(pattern, f"file://{pod_config['model_store']}/{archive}")
@@ -231,7 +231,7 @@ def flag(args: list[str], name: str) -> str:
 def test_triton_container_runs_the_binding_on_its_declared_ports(triton_docs):
     (container,) = triton_docs["Deployment"]["spec"]["template"]["spec"]["containers"]
     args = container["args"]
-    assert args[0] == "triton", "the image's entrypoint command that starts scripts/triton_serve.py"
+    assert args[0] == "triton", "the image's entrypoint command that starts scripts.triton_serve"
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {
         "http": int(flag(args, "http-port")),
@@ -239,9 +239,7 @@ def test_triton_container_runs_the_binding_on_its_declared_ports(triton_docs):
         "metrics": int(flag(args, "metrics-port")),
     }
     assert int(flag(args, "max-batch-size")) >= 1
-    from scripts import triton_serve
-
-    model = triton_serve.MODEL_NAME
+    model = MODEL_NAME
     assert container["readinessProbe"]["httpGet"]["path"] == f"/v2/models/{model}/ready"
     assert container["startupProbe"]["httpGet"]["path"] == f"/v2/models/{model}/ready"
 

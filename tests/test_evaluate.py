@@ -7,8 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from scripts import evaluate, export
-from scripts.unet import CompactUNet
+from scripts import export
+from scripts.model import evaluation as evaluate
+from scripts.model.unet import CompactUNet
 
 pytestmark = pytest.mark.filterwarnings(
     r"ignore:`torch\.jit\.\w+` is deprecated:DeprecationWarning"

@@ -11,9 +11,10 @@ import pytest
 import torch
 from PIL import Image
 
-from card import ModelCard, file_sha256
+from enhancer.card import ModelCard, file_sha256
 from scripts import export
-from scripts.unet import CompactUNet, ContractWrapper, dynamic_unet
+from scripts.model import tracing
+from scripts.model.unet import CompactUNet, ContractWrapper, dynamic_unet
 
 # torch 2.13 deprecates TorchScript (trace/load/save); it is still the served format
 pytestmark = pytest.mark.filterwarnings(
@@ -121,7 +122,7 @@ def test_dynamic_unet_from_pickled_learner(tmp_path):
     from fastai.data.load import DataLoader
     from fastai.learner import Learner
 
-    from scripts.feature_loss import FeatureLoss
+    from scripts.model.feature_loss import FeatureLoss
 
     pairs = Pairs((torch.rand(3, 64, 64), torch.rand(3, 64, 64)) for _ in range(4))
     dls = DataLoaders(DataLoader(pairs, bs=2), DataLoader(pairs, bs=2))
@@ -164,11 +165,11 @@ def test_prove_catches_a_frozen_branch():
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         traced = torch.jit.trace(eager, torch.rand(1, 3, 64, 64))
     gen = torch.Generator().manual_seed(0)
-    export.prove(eager, traced, [(1, 64, 64)], 2, 1e-4, gen)
-    with pytest.raises(export.ExportError, match="differs"):
-        export.prove(eager, traced, [(1, 64, 64), (1, 32, 32)], 2, 1e-4, gen)
-    with pytest.raises(export.ExportError, match="shape"):
-        export.prove(eager, traced, [(1, 64, 64)], 1, 1e-4, gen)
+    tracing.prove(eager, traced, [(1, 64, 64)], 2, 1e-4, gen)
+    with pytest.raises(tracing.ExportError, match="differs"):
+        tracing.prove(eager, traced, [(1, 64, 64), (1, 32, 32)], 2, 1e-4, gen)
+    with pytest.raises(tracing.ExportError, match="shape"):
+        tracing.prove(eager, traced, [(1, 64, 64)], 1, 1e-4, gen)
 
 
 def test_export_fails_loudly_without_writing(tmp_path, capsys):

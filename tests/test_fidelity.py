@@ -16,9 +16,10 @@ import pytest
 import torch
 from PIL import Image, ImageCms, ImageOps
 
-from engine import Enhancer, Result
-from errors import BadRequest, EnhanceError, OptionError, PayloadTooLarge, UnsupportedMedia
-from images import (
+from enhancer.engine import Enhancer, Result
+from enhancer.errors import BadRequest, EnhanceError, OptionError, PayloadTooLarge, UnsupportedMedia
+from enhancer.settings import EnhancerSettings
+from tests.helpers.images import (
     MAGENTA,
     MAKE,
     ORIENTATION,
@@ -37,8 +38,7 @@ from images import (
     xmp_packet,
     xmp_params,
 )
-from settings import EnhancerSettings
-from tiny_models import TinyRestore, TinySR, save_model
+from tests.helpers.tiny_models import TinyRestore, TinySR, save_model
 
 
 @pytest.fixture(scope="module")

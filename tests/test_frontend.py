@@ -31,9 +31,10 @@ from PIL import Image
 from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
+from enhancer.client import TorchServeClient
+from enhancer.contract import sniff_format
 from frontend import create_app
-from frontend.security import FORM_ALLOWANCE, MIN_FORM_MEMORY_SIZE, sniff_image
-from frontend.torchserve_client import TorchServeClient
+from frontend.security import FORM_ALLOWANCE, MIN_FORM_MEMORY_SIZE
 
 INVALID_KEY = {
     "code": 400,
@@ -428,6 +429,21 @@ def test_defaults_and_environment(monkeypatch):
     assert client.inference_url == "http://127.0.0.1:18080" and client.read_timeout == 42
 
 
+def test_page_takes_formats_and_extensions_from_the_contract(client):
+    from enhancer import contract
+
+    html = client.get("/").get_data(as_text=True)
+    (accept,) = re.findall(r'accept="([^"]+)"', html)
+    for media, suffixes in contract.INPUT_MEDIA_TYPES.values():
+        assert media in accept.split(",") and set(suffixes) <= set(accept.split(","))
+    config = json.loads(
+        re.search(r'<script type="application/json" id="page-config">(.*?)</script>', html, re.S)[1]
+    )
+    assert config["extensions"] == {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+    for name in contract.FORMATS:
+        assert f'value="{name}"' in html
+
+
 def test_page_is_served_with_its_own_assets(client, stub):
     response = client.get("/")
     assert response.status_code == 200 and response.mimetype == "text/html"
@@ -440,7 +456,8 @@ def test_page_is_served_with_its_own_assets(client, stub):
     assert config["maxBytes"] == 200_000
     # Every script is either a same-origin file or inert JSON data; no inline handlers or styles.
     for tag in re.findall(r"<script\b[^>]*>", html):
-        assert 'type="application/json"' in tag or re.search(r'src="/static/[\w.-]+\.js"', tag), tag
+        same_origin = re.search(r'src="/static/[\w./-]+\.js"', tag)
+        assert 'type="application/json"' in tag or same_origin, tag
     assert not re.search(r"\son[a-z]+\s*=", html), "inline event handler"
     assert not re.search(r"\sstyle\s*=", html), "inline style attribute"
     assert "http://" not in html and "https://" not in html, "no external (CDN) resources"
@@ -451,6 +468,9 @@ def test_page_is_served_with_its_own_assets(client, stub):
 
     assets = re.findall(r'(?:src|href)="(/static/[^"]+)"', html)
     assert {"/static/app.js", "/static/style.css", "/static/favicon.svg"} <= set(assets)
+    # the zip library, vendored with its licence (no CDN, no build step)
+    assert "/static/vendor/fflate-0.8.2.min.js" in assets
+    assert client.get("/static/vendor/fflate-0.8.2.LICENSE").status_code == 200
     types = {".js": "text/javascript", ".css": "text/css", ".svg": "image/svg+xml"}
     for asset in assets:
         served = client.get(asset)
@@ -533,7 +553,7 @@ def test_empty_options_are_left_to_the_service(client, stub):
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "GIF", "BMP"])
 def test_every_accepted_format_goes_through(client, stub, fmt):
     data = image_bytes(fmt=fmt)
-    assert sniff_image(data) == fmt.lower()
+    assert sniff_format(data) == fmt
     response = upload(client, data, filename="x.bin", content_type="application/octet-stream")
     assert response.status_code == 200, response.get_data(as_text=True)
     assert len(stub.predictions) == 1
@@ -967,7 +987,7 @@ def test_a_result_cut_off_midway_is_not_passed_off_as_complete(client, stub):
 
 
 def test_expired_key_is_rotated_once_and_the_upload_succeeds(client, stub, caplog):
-    caplog.set_level("INFO", logger="frontend")
+    caplog.set_level("INFO", logger="enhancer")
     assert upload(client, image_bytes()).status_code == 200
     old = stub.keys["inference"]
     stub.expire("inference")
@@ -984,7 +1004,7 @@ def test_expired_key_is_rotated_once_and_the_upload_succeeds(client, stub, caplo
 
 
 def test_a_replaced_key_file_is_used_without_rotating(client, stub, caplog):
-    caplog.set_level("INFO", logger="frontend")
+    caplog.set_level("INFO", logger="enhancer")
     assert upload(client, image_bytes()).status_code == 200
     # Another worker rotated the key (or TorchServe restarted): the file holds a new key already.
     stub.keys["inference"] = "newkey01"
@@ -1026,7 +1046,7 @@ def test_no_key_file_means_service_down(client, stub):
 
 
 def test_a_broken_key_file_is_a_503_logged_once(client, stub, caplog):
-    caplog.set_level("INFO", logger="frontend")
+    caplog.set_level("INFO", logger="enhancer")
     stub.key_file.write_text('{"inference": {"ke')  # as if caught half written, and left so
     for _ in range(3):
         assert_error(upload(client, image_bytes()), 503, "ServiceUnavailable")
@@ -1124,7 +1144,7 @@ def test_method_not_allowed_is_json(client):
 
 
 def test_production_server_runs_no_debugger(monkeypatch, tmp_path):
-    from scripts import page
+    from scripts.ops import page
 
     monkeypatch.setenv("FLASK_DEBUG", "1")
     env = page.page_env("http://127.0.0.1:1", "http://127.0.0.1:2", tmp_path / "key_file.json")

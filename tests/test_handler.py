@@ -15,9 +15,10 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import FakeContext
-from enhancer_handler import EnhancerHandler
-from images import animated, gradient, open_bytes, png_header, to_bytes
+from tests.helpers.context import FakeContext, load_handler_class
+from tests.helpers.images import animated, gradient, open_bytes, png_header, to_bytes
+
+EnhancerHandler = load_handler_class()  # TorchServe imports it by its bare name
 
 HANDLERS = Path(__file__).resolve().parent.parent / "handlers"
 
@@ -241,21 +242,17 @@ def test_good_results_do_not_depend_on_their_batch(handler, model_dir):
 
 def test_settings_from_the_handler_section_are_applied(model_dir):
     worker = EnhancerHandler()
-    worker.initialize(
-        FakeContext(
-            model_dir, {"max_input_pixels": 100, "max_scale": 4, "option_header_prefix": "X-Up-"}
-        )
-    )
+    worker.initialize(FakeContext(model_dir, {"max_input_pixels": 100, "max_scale": 4}))
     assert worker.settings.max_input_pixels == 100
     requests = [
         ({"body": bytearray(to_bytes(photo(11, 10)))}, {}),  # 110 pixels
-        ({"body": bytearray(to_bytes(photo(10, 10)))}, {"X-Up-Scale": "4"}),
-        ({"body": bytearray(to_bytes(photo(10, 10)))}, {"X-Up-Scale": "5"}),
+        ({"body": bytearray(to_bytes(photo(10, 10)))}, {"X-Enhance-Scale": "4"}),
+        ({"body": bytearray(to_bytes(photo(10, 10)))}, {"X-Enhance-Scale": "5"}),
         (
             {"body": bytearray(to_bytes(photo(10, 10)))},
-            {"X-Up-Quality": "50", "X-Up-Format": "jpeg"},
+            {"X-Enhance-Quality": "50", "X-Enhance-Format": "jpeg"},
         ),
-        ({"body": bytearray(to_bytes(photo(10, 10)))}, {"X-Up-Colour": "red"}),
+        ({"body": bytearray(to_bytes(photo(10, 10)))}, {"X-Enhance-Colour": "red"}),
     ]
     outputs, context = handle(worker, model_dir, requests)
     too_big = error_of(outputs, context, 0)
@@ -266,7 +263,7 @@ def test_settings_from_the_handler_section_are_applied(model_dir):
         and "use 1 to 4" in json.loads(outputs[2])["message"]
     )
     assert context.content_types[3] == "image/jpeg"
-    assert "X-Up-Colour" in error_of(outputs, context, 4)["message"]
+    assert "X-Enhance-Colour" in error_of(outputs, context, 4)["message"]
 
 
 def test_the_shipped_model_config_is_valid(model_dir):

@@ -1,4 +1,4 @@
-"""Decoding and encoding (handlers/imaging.py): allow-list, limits, modes, orientation, metadata."""
+"""Decoding and encoding (enhancer.imaging): allow-list, limits, modes, orientation, metadata."""
 
 from __future__ import annotations
 
@@ -13,8 +13,21 @@ import pytest
 import torch
 from PIL import EpsImagePlugin, Image, ImageCms, ImageOps, TiffImagePlugin
 
-from errors import BadRequest, PayloadTooLarge, UnsupportedMedia
-from images import (
+from enhancer.errors import BadRequest, PayloadTooLarge, UnsupportedMedia
+from enhancer.imaging import (
+    Metadata,
+    Picture,
+    check_output_format,
+    encode_picture,
+    fill_transparent,
+    load_picture,
+    open_image,
+    png16,
+    resize,
+    resolve_format,
+    sniff_format,
+)
+from tests.helpers.images import (
     MAGENTA,
     MAKE,
     ORIENTATION,
@@ -32,19 +45,6 @@ from images import (
     to_bytes,
     xmp_packet,
     xmp_params,
-)
-from imaging import (
-    Metadata,
-    Picture,
-    check_output_format,
-    encode_picture,
-    fill_transparent,
-    load_picture,
-    open_image,
-    png16,
-    resize,
-    resolve_format,
-    sniff_format,
 )
 
 CAP = 4096 * 4096
@@ -436,7 +436,7 @@ def test_16_bit_rgb_colour_key_becomes_alpha():
 
 
 def test_modes_without_a_meaning_here_are_415():
-    from imaging import _from_pillow
+    from enhancer.imaging.decode import _from_pillow
 
     floats = Image.fromarray(np.linspace(0, 1, 12, dtype=np.float32).reshape(3, 4), "F")
     with pytest.raises(UnsupportedMedia, match="mode F"):

@@ -1,15 +1,17 @@
-"""Request options (handlers/options.py): every bad value is a 400 that names the option."""
+"""Request options (enhancer.options): every bad value is a 400 that names the option."""
 
 from __future__ import annotations
 
 import pytest
 
-from card import ModelCard
-from errors import BadRequest, OptionError
-from options import OPTION_NAMES, Options, parse_options, smallest_tile, split_request
-from settings import EnhancerSettings
+from enhancer.card import ModelCard
+from enhancer.contract import OPTION_HEADER_PREFIX
+from enhancer.errors import BadRequest, OptionError
+from enhancer.options import OPTION_NAMES, Options, parse_options, smallest_tile
+from enhancer.serving.torchserve import split_request
+from enhancer.settings import EnhancerSettings
 
-PREFIX = "X-Enhance-"
+PREFIX = OPTION_HEADER_PREFIX
 IMAGE = b"\x89PNG\r\n\x1a\n..."
 
 
@@ -215,23 +217,22 @@ def test_raw_body_with_header_options():
         "body": {"content-type": "image/png"},
         "User-Agent": "curl/8",
     }
-    image, options = split_request({"body": bytearray(IMAGE)}, headers, PREFIX)
+    image, options = split_request({"body": bytearray(IMAGE)}, headers)
     assert image == IMAGE and isinstance(image, bytes)
     assert options == {"scale": "4", "format": "webp"}
 
 
 def test_multipart_with_field_options():
     fields = {"data": bytearray(IMAGE), "scale": bytearray(b"3"), "quality": bytearray(b"80")}
-    image, options = split_request(fields, {"data": {"content-type": "image/png"}}, PREFIX)
+    image, options = split_request(fields, {"data": {"content-type": "image/png"}})
     assert image == IMAGE
     assert options == {"scale": bytearray(b"3"), "quality": bytearray(b"80")}
 
 
-def test_prefix_comes_from_settings():
-    _, options = split_request(
-        {"body": IMAGE}, {"X-Up-Scale": "2", "X-Enhance-Scale": "9"}, "X-Up-"
-    )
-    assert options == {"scale": "2"}  # X-Enhance-* is just another header here
+def test_prefix_is_the_contracts_one_constant():
+    assert PREFIX == "X-Enhance-"
+    _, options = split_request({"body": IMAGE}, {"X-Up-Scale": "2", "X-Enhance-Scale": "3"})
+    assert options == {"scale": "3"}  # another prefix is just another header
 
 
 @pytest.mark.parametrize(
@@ -251,7 +252,7 @@ def test_prefix_comes_from_settings():
 )
 def test_missing_double_text_or_empty_image_is_400(fields, words):
     with pytest.raises(BadRequest) as caught:
-        split_request(fields, {}, PREFIX)
+        split_request(fields, {})
     assert caught.value.status == 400
     assert words in caught.value.message
 
@@ -259,7 +260,7 @@ def test_missing_double_text_or_empty_image_is_400(fields, words):
 @pytest.mark.parametrize("field", ["file", "scales", "Scale", "image", "token"])
 def test_unknown_field_is_400_naming_it(field):
     with pytest.raises(OptionError) as caught:
-        split_request({"data": IMAGE, field: b"1"}, {}, PREFIX)
+        split_request({"data": IMAGE, field: b"1"}, {})
     assert caught.value.option == field
     assert f"'{field}'" in caught.value.message
 
@@ -269,23 +270,21 @@ def test_unknown_field_is_400_naming_it(field):
 )
 def test_unknown_option_header_is_400_naming_it(header):
     with pytest.raises(OptionError) as caught:
-        split_request({"body": IMAGE}, {header: "1"}, PREFIX)
+        split_request({"body": IMAGE}, {header: "1"})
     assert caught.value.status == 400
     assert header[len(PREFIX) :] in caught.value.message
     assert "X-Enhance-" in caught.value.message
 
 
 def test_option_header_names_are_case_insensitive():
-    _, options = split_request(
-        {"body": IMAGE}, {"X-ENHANCE-SCALE": "3", "x-enhance-quality": "60"}, PREFIX
-    )
+    _, options = split_request({"body": IMAGE}, {"X-ENHANCE-SCALE": "3", "x-enhance-quality": "60"})
     assert options == {"scale": "3", "quality": "60"}
 
 
 @pytest.mark.parametrize("header", ["X-Enhance-Scale", "x-enhance-scale"])
 def test_option_as_field_and_header_is_400(header):
     with pytest.raises(BadRequest) as caught:
-        split_request({"data": IMAGE, "scale": b"2"}, {header: "4"}, PREFIX)
+        split_request({"data": IMAGE, "scale": b"2"}, {header: "4"})
     assert caught.value.status == 400
     assert "'scale'" in caught.value.message and "twice" in caught.value.message
 
@@ -298,5 +297,5 @@ def test_other_headers_and_per_field_content_types_are_ignored():
         "scale": {"content-type": "text/plain"},
         "X-Request-Id": "abc",
     }
-    _, options = split_request({"data": IMAGE, "scale": "2"}, headers, PREFIX)
+    _, options = split_request({"data": IMAGE, "scale": "2"}, headers)
     assert options == {"scale": "2"}

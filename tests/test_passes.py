@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from passes import output_size, pass_count, plan_passes
+from enhancer.passes import output_size, pass_count, plan_passes
 
 
 @pytest.mark.parametrize(
@@ -49,7 +49,7 @@ def test_bad_scale_raises(scale):
 @pytest.mark.parametrize("model", ["sr_model", "restore_model"])
 @pytest.mark.parametrize("scale", [1, 1.5, 2, 3, 4, 2.5, 8])
 def test_engine_upscale_sizes(model, scale, request):
-    from engine import Enhancer
+    from enhancer.engine import Enhancer
 
     enhancer = Enhancer.load(request.getfixturevalue(model))
     image = torch.rand(3, 7, 11)
@@ -60,7 +60,7 @@ def test_engine_upscale_sizes(model, scale, request):
 
 def test_each_pass_runs_the_model(sr_model, monkeypatch):
     """4x is two model passes, 3x is two, 1x is one: never a plain resize in place of the model."""
-    from engine import Enhancer
+    from enhancer.engine import Enhancer
 
     enhancer = Enhancer.load(sr_model)
     sizes = []

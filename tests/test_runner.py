@@ -7,12 +7,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from card import ModelCard
-from engine import Enhancer
-from errors import OutOfMemory
-from runner import TileOutOfMemory, is_out_of_memory, pick_precision
-from settings import EnhancerSettings
-from tiny_models import Overflow, save_model
+from enhancer.card import ModelCard
+from enhancer.engine import Enhancer
+from enhancer.errors import OutOfMemory
+from enhancer.runner import TileOutOfMemory, is_out_of_memory, pick_precision
+from enhancer.settings import EnhancerSettings
+from tests.helpers.tiny_models import Overflow, save_model
 
 
 class Vanish(nn.Module):
@@ -126,7 +126,7 @@ def test_out_of_memory_shrinks_tiles_of_dynamic_models(sr_model):
 
 
 def test_out_of_memory_is_507_when_nothing_fits(sr_model, photo):
-    from conftest import encode
+    from tests.helpers.images import encode
 
     enhancer = Enhancer.load(sr_model)
     enhancer.runner.model = LimitedModel(enhancer.runner.model, max_pixels=0)
@@ -160,8 +160,8 @@ def test_a_fault_in_one_request_spares_the_others(sr_model, photo):
     """A bug triggered by one image becomes that request's 500; the batch's others succeed."""
     from PIL import Image
 
-    from conftest import encode
-    from errors import InternalError
+    from enhancer.errors import InternalError
+    from tests.helpers.images import encode
 
     enhancer = Enhancer.load(sr_model)
     real = enhancer.runner.model

@@ -1,4 +1,5 @@
-"""scripts/serve.py without a server: the checks that run before TorchServe, and its command line.
+"""``python -m scripts.serve`` without a server: the checks that run before TorchServe, and its
+command line.
 
 A missing Java or model must stop ``make run`` at once with what to do, never start a server that
 would hang requests. The commands that need a running server are covered by test_torchserve_e2e.py
@@ -12,7 +13,8 @@ import subprocess
 
 import pytest
 
-from scripts import serve
+from scripts import serve as serve_cli
+from scripts.ops import torchserve as serve
 
 
 def fake_java(folder, version_line: str):
@@ -60,7 +62,7 @@ def test_start_without_java_stops_before_anything_starts(
     monkeypatch.setenv("JAVA_HOME", str(tmp_path / "no-java-here"))
     launched = []
     monkeypatch.setattr(serve, "launch", lambda *args: launched.append(args))
-    assert serve.main(["start"]) == 1
+    assert serve_cli.main(["start"]) == 1
     assert "openjdk-17-jre-headless" in capsys.readouterr().err
     assert launched == []
 
@@ -68,7 +70,7 @@ def test_start_without_java_stops_before_anything_starts(
 def test_start_without_a_model_says_how_to_make_one(tmp_path, private_run, capsys, monkeypatch):
     launched = []
     monkeypatch.setattr(serve, "launch", lambda *args: launched.append(args))
-    assert serve.main(["start", "--model", str(tmp_path / "enhancer.pt")]) == 1
+    assert serve_cli.main(["start", "--model", str(tmp_path / "enhancer.pt")]) == 1
     err = capsys.readouterr().err
     assert "no model to serve" in err
     assert "make train && make export" in err
@@ -105,14 +107,14 @@ def test_launch_keeps_the_security_defaults(tmp_path, monkeypatch):
 
 
 def test_status_and_stop_when_not_running(private_run, capsys):
-    assert serve.main(["status"]) == 1
+    assert serve_cli.main(["status"]) == 1
     assert "not running" in capsys.readouterr().out
-    assert serve.main(["stop"]) == 0
+    assert serve_cli.main(["stop"]) == 0
     assert "not running" in capsys.readouterr().out
 
 
 def test_key_without_a_server_is_a_clear_error(private_run, capsys):
-    assert serve.main(["key"]) == 1
+    assert serve_cli.main(["key"]) == 1
     assert "no key file" in capsys.readouterr().err
 
 
@@ -169,3 +171,9 @@ def test_wait_ready_reports_a_death_without_error_line_after_the_grace(monkeypat
     monkeypatch.setattr(serve, "_ERROR_LINE_GRACE_S", 0.5)
     with pytest.raises(serve.ServeError, match="worker died while loading"):
         serve.wait_ready(_LoadingInstance([serve._DIED]), timeout=60)
+
+
+def test_run_dir_and_config_choose_another_torchserve(tmp_path, capsys):
+    where = ["--run-dir", str(tmp_path / "elsewhere"), "--config", str(serve.CONFIG)]
+    assert serve_cli.main([*where, "status"]) == 1
+    assert str(tmp_path / "elsewhere") in capsys.readouterr().out

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import photo_array
-from tiling import axis_spans, reflect_indices, tile_shape, tiled_apply, window_starts
-from tiny_models import TinyRestore, TinySR
+from enhancer.tiling import axis_spans, reflect_indices, tile_shape, tiled_apply, window_starts
+from tests.helpers.images import photo_array
+from tests.helpers.tiny_models import TinyRestore, TinySR
 
 TILE, OVERLAP = 32, 4
 

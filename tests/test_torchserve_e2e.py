@@ -10,6 +10,7 @@ Every bad request is followed by a good one, and the worker must be the same pro
 
 from __future__ import annotations
 
+import hashlib
 import io
 import ipaddress
 import os
@@ -25,9 +26,16 @@ import pytest
 import requests
 from PIL import Image
 
-from conftest import encode, photo_array
-from scripts import serve
-from servers import TorchServe, archive, launch_torchserve, start_torchserve, stop_torchserve
+from scripts.ops import torchserve as serve
+from tests.helpers.golden import GOLDEN, inputs
+from tests.helpers.images import encode, photo_array
+from tests.helpers.servers import (
+    TorchServe,
+    archive,
+    launch_torchserve,
+    start_torchserve,
+    stop_torchserve,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -438,6 +446,34 @@ def test_metrics_need_no_token_so_the_port_stays_local(torchserve):
     response = requests.get(f"{torchserve.metrics_url}/metrics", timeout=TIMEOUT)
     assert response.status_code == 200
     assert "ts_inference_requests_total" in response.text
+
+
+def test_the_worker_imports_the_package_shipped_in_the_archive(torchserve):
+    """TorchServe imports ``enhancer`` from the unpacked .mar, not from the development install."""
+    (line,) = {
+        line.split("engine package: ", 1)[1].strip()
+        for line in torchserve.log_text().splitlines()
+        if "engine package: " in line
+    }
+    served = Path(line)
+    assert served.name == "enhancer" and (served / "engine.py").is_file()
+    assert served.resolve() != (Path(__file__).parents[1] / "handlers" / "enhancer").resolve()
+    assert (served.parent / "MAR-INF" / "MANIFEST.json").is_file(), "the unpacked archive"
+    assert (served.parent / "enhancer_handler.py").is_file()
+
+
+def test_served_outputs_are_byte_identical_to_the_recorded_engine(torchserve):
+    """The golden requests of the tiny scale-2 model, served from the archive (helpers/golden)."""
+    images = inputs()
+    changed = {}
+    for (model, name, options), digest in GOLDEN.items():
+        if model != "sr":  # the session server serves tiny_sr
+            continue
+        response = post_raw(torchserve, images[name], **dict(options))
+        assert response.status_code == 200, response.text[:300]
+        if hashlib.sha256(response.content).hexdigest() != digest:
+            changed[(name, options)] = hashlib.sha256(response.content).hexdigest()
+    assert not changed, changed
 
 
 def test_worker_uses_every_core(torchserve):

@@ -82,7 +82,7 @@ def test_compact_unet_learns(tmp_path, photos):
     ckpt = torch.load(tmp_path / "model.pth", weights_only=False)
     assert ckpt["arch"] == "compact" and (tmp_path / "ckpt.pth").exists()
 
-    from scripts.unet import load_trained
+    from scripts.model.unet import load_trained
 
     model = load_trained(str(tmp_path / "model.pth"))
     out = model(torch.rand(1, 3, 8, 12))
@@ -139,7 +139,7 @@ def test_resume_continues(tmp_path, photos):
 
 def test_feature_loss_terms_and_hooks():
     """The course's feature loss on a small VGG-shaped extractor (VGG weights are the user's)."""
-    from scripts.feature_loss import FeatureLoss, PixelFreqLoss, gram_matrix, pool_block_ends
+    from scripts.model.feature_loss import FeatureLoss, PixelFreqLoss, gram_matrix, pool_block_ends
 
     torch.manual_seed(0)
     m_feat = torch.nn.Sequential(

@@ -1,4 +1,4 @@
-"""The Triton binding's request/response mapping, without a server (scripts/triton_serve.py).
+"""The Triton binding's request/response mapping, without a server (enhancer.serving.triton).
 
 The inference callable is called the way PyTriton calls it: a list of PyTriton ``Request`` objects
 whose inputs are [rows, 1] object arrays of bytes. What must hold:
@@ -24,9 +24,12 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import encode, photo_array
-from scripts import triton_serve
+from enhancer.serving import triton as adapter
+from scripts.ops import triton as triton_ops
+from scripts.ops.paths import CONFIG, MODEL_CONFIG
+from tests.helpers.images import encode, photo_array
 
+pytestmark = pytest.mark.triton
 pytriton_types = pytest.importorskip("pytriton.proxy.types", reason="needs the triton extra")
 
 
@@ -53,15 +56,15 @@ def photo(width: int = 40, height: int = 30, fmt: str = "PNG", mode: str = "RGB"
 
 @pytest.fixture(scope="module")
 def infer(sr_model):
-    from engine import Enhancer
+    from enhancer.engine import Enhancer
 
-    return triton_serve.make_infer_func(Enhancer.load(sr_model), max_image_bytes=1_000_000)
+    return adapter.make_infer_func(Enhancer.load(sr_model), max_image_bytes=1_000_000)
 
 
 @pytest.fixture(scope="module")
 def engine(sr_model):
     """A second engine on the same model: the reference the binding's bytes must equal."""
-    from engine import Enhancer
+    from enhancer.engine import Enhancer
 
     return Enhancer.load(sr_model)
 
@@ -81,7 +84,7 @@ def row(outputs: dict, i: int = 0) -> dict:
 
 def assert_declared_shapes(outputs: dict, rows: int) -> None:
     """Every declared output, [rows, 1], BYTES as object arrays and INT32 as int32."""
-    _, declared = triton_serve.model_tensors()
+    _, declared = adapter.model_tensors()
     assert set(outputs) == {tensor.name for tensor in declared}
     for tensor in declared:
         value = outputs[tensor.name]
@@ -148,7 +151,7 @@ def test_rows_and_requests_of_a_batch_each_get_their_own_answer(infer):
 
 def test_error_body_is_the_torchserve_body(infer, engine):
     """The ``error`` output holds exactly what the TorchServe adapter sends as its body."""
-    from errors import EnhanceError
+    from enhancer.errors import EnhanceError
 
     frames = [Image.new("RGB", (8, 8), (i * 60, 0, 0)) for i in range(3)]
     gif = encode(frames[0], "GIF", save_all=True, append_images=frames[1:], duration=50)
@@ -161,8 +164,8 @@ def test_error_body_is_the_torchserve_body(infer, engine):
 
 def test_out_of_memory_is_507_and_spares_the_others(infer, engine, monkeypatch, sr_model):
     """A 507 from the engine's run stage (after its own retries) stays on its row."""
-    from engine import Enhancer
-    from errors import OutOfMemory
+    from enhancer.engine import Enhancer
+    from enhancer.errors import OutOfMemory
 
     enhancer = Enhancer.load(sr_model)
     real_run = enhancer.run
@@ -172,14 +175,14 @@ def test_out_of_memory_is_507_and_spares_the_others(infer, engine, monkeypatch, 
         jobs[0].error = OutOfMemory("out of memory on cuda even with 32-pixel tiles")
 
     monkeypatch.setattr(enhancer, "run", run)
-    first, second = triton_serve.make_infer_func(enhancer)([request(photo()), request(photo())])
+    first, second = adapter.make_infer_func(enhancer)([request(photo()), request(photo())])
     assert row(first)["status"] == 507 and row(first)["error"]["type"] == "InsufficientStorage"
     assert row(second)["status"] == 200
 
 
 def test_an_engine_fault_is_its_rows_500(sr_model, monkeypatch):
     """The engine turns an unexpected fault into InternalError for that request alone."""
-    from engine import Enhancer
+    from enhancer.engine import Enhancer
 
     enhancer = Enhancer.load(sr_model)
     real_prepare = enhancer.prepare
@@ -191,7 +194,7 @@ def test_an_engine_fault_is_its_rows_500(sr_model, monkeypatch):
         return real_prepare(data, options)
 
     monkeypatch.setattr(enhancer, "prepare", prepare)
-    first, second = triton_serve.make_infer_func(enhancer)([request(broken), request(photo())])
+    first, second = adapter.make_infer_func(enhancer)([request(broken), request(photo())])
     assert row(first)["status"] == 500 and row(first)["error"]["type"] == "InternalServerError"
     assert "a bug" not in row(first)["error"]["message"], "no internals in the answer"
     assert row(second)["status"] == 200
@@ -199,7 +202,7 @@ def test_an_engine_fault_is_its_rows_500(sr_model, monkeypatch):
 
 def test_a_fault_outside_the_engine_propagates(sr_model, monkeypatch):
     """Should the engine itself raise, PyTriton fails that batch (500): nothing is hidden."""
-    from engine import Enhancer
+    from enhancer.engine import Enhancer
 
     enhancer = Enhancer.load(sr_model)
 
@@ -208,7 +211,7 @@ def test_a_fault_outside_the_engine_propagates(sr_model, monkeypatch):
 
     monkeypatch.setattr(enhancer, "enhance_batch", broken)
     with pytest.raises(RuntimeError, match="a bug"):
-        triton_serve.make_infer_func(enhancer)([request(photo())])
+        adapter.make_infer_func(enhancer)([request(photo())])
 
 
 def webp_ending_in_nul() -> bytes:
@@ -230,7 +233,7 @@ def test_trailing_nul_bytes_survive(infer):
     (outputs,) = infer([pytriton_types.Request(data={"image": stripped})])
     assert row(outputs)["status"] == 400
     # and the output side keeps the NULs an encoder wrote
-    assert triton_serve._column([b"ab\x00"], np.object_)[0, 0] == b"ab\x00"
+    assert adapter._column([b"ab\x00"], np.object_)[0, 0] == b"ab\x00"
 
 
 # -- the options input ---------------------------------------------------------------------------
@@ -303,64 +306,62 @@ def test_text_instead_of_bytes_is_400(infer):
 
 
 def test_defaults_come_from_the_files_torchserve_reads(tmp_path):
-    model_config = triton_serve.load_model_config()
+    model_config = triton_ops.load_model_config()
     properties = tmp_path / "config.properties"
     properties.write_text("# comment\njob_queue_size=7\nmax_request_size=1234\n")
-    got = triton_serve.serving_defaults(model_config, properties)
+    got = triton_ops.serving_defaults(model_config, properties)
     assert got == {
         "max_batch_size": model_config["batchSize"],
         "delay_us": model_config["maxBatchDelay"] * 1000,
         "queue_size": 7,
         "max_image_bytes": 1234,
     }
-    repo = triton_serve.serving_defaults(model_config)
-    text = (triton_serve.REPO / "config.properties").read_text()
+    repo = triton_ops.serving_defaults(model_config)
+    text = CONFIG.read_text()
     assert f"job_queue_size={repo['queue_size']}" in text
     assert f"max_request_size={repo['max_image_bytes']}" in text
 
 
 def test_settings_file_is_the_handlers():
     """The binding reads the same handler: section as TorchServe's handler does."""
-    from settings import EnhancerSettings
+    from enhancer.settings import EnhancerSettings
 
-    raw = yaml.safe_load(triton_serve.MODEL_CONFIG.read_text())
-    assert (
-        triton_serve.MODEL_CONFIG == Path(__file__).parent.parent / "handlers" / "model-config.yaml"
-    )
-    settings = EnhancerSettings.from_model_config(triton_serve.load_model_config())
+    raw = yaml.safe_load(MODEL_CONFIG.read_text())
+    assert MODEL_CONFIG == Path(__file__).parent.parent / "handlers" / "model-config.yaml"
+    settings = EnhancerSettings.from_model_config(triton_ops.load_model_config())
     assert settings.max_input_pixels == raw["handler"]["max_input_pixels"]
 
 
 def test_model_config_has_dynamic_batching_and_a_bounded_queue():
     from pytriton.model_config import TimeoutAction
 
-    config = triton_serve.model_config(max_batch_size=4, delay_us=10_000, queue_size=16)
+    config = adapter.model_config(max_batch_size=4, delay_us=10_000, queue_size=16)
     assert config.batching and config.max_batch_size == 4 and not config.decoupled
     assert config.batcher.max_queue_delay_microseconds == 10_000
     policy = config.batcher.default_queue_policy
     assert policy.max_queue_size == 16 and policy.timeout_action == TimeoutAction.REJECT
     with pytest.raises(ValueError):
-        triton_serve.model_config(max_batch_size=0, delay_us=0, queue_size=0)
+        adapter.model_config(max_batch_size=0, delay_us=0, queue_size=0)
 
 
 def test_declared_inputs():
-    inputs, outputs = triton_serve.model_tensors()
+    inputs, outputs = adapter.model_tensors()
     by_name = {tensor.name: tensor for tensor in inputs}
     assert set(by_name) == {"image", "options"}
     assert by_name["options"].optional and not by_name["image"].optional
     # BYTES with one element per row: requests of any image size can share a batch
     assert all(t.dtype is np.bytes_ and t.shape == (1,) for t in inputs)
-    assert [t.name for t in outputs] == list(triton_serve.OUTPUT_NAMES)
+    assert [t.name for t in outputs] == list(adapter.OUTPUT_NAMES)
 
 
 def test_the_binding_imports_no_engine_internals():
     """A thin adapter: decoding, options, tiling and encoding stay in the engine."""
-    tree = ast.parse(Path(triton_serve.__file__).read_text())
+    tree = ast.parse(Path(adapter.__file__).read_text())
     imported = {
         node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
     }
-    engine_modules = {p.stem for p in triton_serve.HANDLERS.glob("*.py")}
-    assert imported & engine_modules == {"engine", "errors", "settings"}
+    ours = {module for module in imported if module.split(".")[0] == "enhancer"}
+    assert ours == {"enhancer.engine", "enhancer.errors"}
 
 
 # -- libpython ---------------------------------------------------------------------------------
@@ -374,19 +375,19 @@ def libdir_or_skip() -> str:
 
 def test_libdir_goes_first():
     libdir = libdir_or_skip()
-    assert triton_serve.python_library_path({}) == libdir
-    assert triton_serve.python_library_path({"LD_LIBRARY_PATH": "/opt/a:/opt/b"}) == (
+    assert triton_ops.python_library_path({}) == libdir
+    assert triton_ops.python_library_path({"LD_LIBRARY_PATH": "/opt/a:/opt/b"}) == (
         f"{libdir}:/opt/a:/opt/b"
     )
     # already there but not first: moved to the front, not duplicated
-    assert triton_serve.python_library_path({"LD_LIBRARY_PATH": f"/opt/a:{libdir}"}) == (
+    assert triton_ops.python_library_path({"LD_LIBRARY_PATH": f"/opt/a:{libdir}"}) == (
         f"{libdir}:/opt/a"
     )
 
 
 def test_correct_environment_is_left_alone():
     libdir = libdir_or_skip()
-    assert triton_serve.python_library_path({"LD_LIBRARY_PATH": f"{libdir}:/opt/a"}) is None
+    assert triton_ops.python_library_path({"LD_LIBRARY_PATH": f"{libdir}:/opt/a"}) is None
 
 
 def test_static_interpreter_changes_nothing(monkeypatch):
@@ -394,13 +395,13 @@ def test_static_interpreter_changes_nothing(monkeypatch):
     monkeypatch.setattr(
         sysconfig, "get_config_var", lambda name: 0 if name == "Py_ENABLE_SHARED" else real(name)
     )
-    assert triton_serve.python_library_path({}) is None
+    assert triton_ops.python_library_path({}) is None
 
 
 def test_socket_paths_that_cannot_fit_are_refused_up_front(tmp_path, monkeypatch):
-    assert triton_serve.socket_path_problem(Path("/tmp/enhancer-triton-x/workspace")) is None
+    assert triton_ops.socket_path_problem(Path("/tmp/enhancer-triton-x/workspace")) is None
     deep = Path("/tmp") / ("d" * 90) / "workspace"
-    assert "the workspace" in triton_serve.socket_path_problem(deep)
-    monkeypatch.setattr(triton_serve.tempfile, "gettempdir", lambda: "/tmp/" + "t" * 80)
-    problem = triton_serve.socket_path_problem(Path("/tmp/w"))
+    assert "the workspace" in triton_ops.socket_path_problem(deep)
+    monkeypatch.setattr(triton_ops.tempfile, "gettempdir", lambda: "/tmp/" + "t" * 80)
+    problem = triton_ops.socket_path_problem(Path("/tmp/w"))
     assert "TMPDIR" in problem and "107-byte" in problem

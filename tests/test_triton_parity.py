@@ -1,9 +1,9 @@
 """TorchServe and Triton give the same answers: same pixels, same error classes (DESIGN.md 11).
 
-Triton is started the way a user starts it, ``scripts/triton_serve.py``, as a subprocess on free
+Triton is started the way a user starts it, ``python -m scripts.triton_serve``, as a subprocess on
 loopback ports with a private temporary folder and *without* LD_LIBRARY_PATH, so the start command's
 own libpython fix-up is what lets Triton's Python stub start. It serves exactly the model TorchServe
-serves: the .pt and card are taken out of the session TorchServe's archive (tests/servers.py).
+serves: the .pt and card are taken out of the session TorchServe's archive (tests.helpers.servers).
 
 What "the same" means, and why:
 - PNG outputs: the same size, mode and pixels within 1/255 of full scale per channel (alpha
@@ -16,7 +16,7 @@ What "the same" means, and why:
   cases show to be equal, so anything more than that would mean the two paths encode differently
   (another quality, chroma subsampling or metadata), which is what this test exists to catch.
 - Errors: the class is the HTTP status: TorchServe's response status vs the binding's ``status``
-  output (errors are outputs on Triton; scripts/triton_serve.py says why), and both must be the
+  output (errors are outputs on Triton; enhancer.serving.triton says why), and both must be the
   status the API promises (DESIGN.md 4); the JSON bodies carry the same ``type``.
 """
 
@@ -44,12 +44,18 @@ import pytest
 import requests
 from PIL import Image
 
-from conftest import encode, photo_array
-from images import animated, png_bytes, png_header
-from scripts import triton_client, triton_serve
-from test_triton_binding import webp_ending_in_nul
+from scripts.ops import triton as triton_ops
+from scripts.ops import triton_client
+from tests.helpers.images import (
+    animated,
+    encode,
+    photo_array,
+    png_bytes,
+    png_header,
+    webp_ending_in_nul,
+)
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.triton]
 
 tritonclient_http = pytest.importorskip("tritonclient.http", reason="needs the triton extra")
 pytest.importorskip("pytriton", reason="needs the triton extra")
@@ -64,7 +70,7 @@ START_TIMEOUT = 180
 
 @dataclass
 class TritonProcess:
-    """``scripts/triton_serve.py`` running in its own process group."""
+    """``python -m scripts.triton_serve`` running in its own process group."""
 
     process: subprocess.Popen
     workdir: Path
@@ -133,7 +139,7 @@ def start_triton(model_pt: Path, workdir: Path, *extra: str) -> TritonProcess:
     env["TMPDIR"] = str((workdir / "tmp").resolve())
     env["PYTRITON_HOME"] = str(workdir / "pytriton-home")
     command = [
-        sys.executable, str(REPO / "scripts" / "triton_serve.py"),
+        sys.executable, "-m", "scripts.triton_serve",
         "--model", str(model_pt), "--device", "cpu",
         "--http-port", str(http_port), "--grpc-port", str(grpc_port),
         "--metrics-port", str(metrics_port), *extra,
@@ -202,7 +208,7 @@ def via_torchserve(ts, data: bytes, options: dict) -> Answer:
 
 
 def via_triton(server: TritonProcess, data: bytes, options: dict) -> Answer:
-    """Through the example client's own functions (scripts/triton_client.py)."""
+    """Through the example client's own functions (scripts.triton_client)."""
     client = server.client()
     try:
         (reply,) = triton_client.enhance(client, [data], [options], timeout=TIMEOUT)
@@ -243,7 +249,7 @@ def photo(width: int, height: int, mode: str = "RGB", fmt: str = "PNG", **params
 
 
 def gray16(width: int = 21, height: int = 13) -> bytes:
-    """A 16-bit gray PNG ramp (written by hand: tests/images.py), which must stay 16-bit."""
+    """A 16-bit gray PNG ramp (written by hand: tests/helpers/images.py), which must stay 16-bit."""
     ramp = np.linspace(0, 65535, width * height).reshape(height, width).astype(np.uint16)
     return png_bytes(ramp)
 
@@ -442,10 +448,10 @@ def test_full_queue_is_refused_at_once_with_503(served_model, tmp_path):
 def test_example_client_checks_and_fails_cleanly(triton, tmp_path):
     source = tmp_path / "photo.jpg"
     source.write_bytes(photo(50, 30, fmt="JPEG"))
-    script = REPO / "scripts" / "triton_client.py"
+    script = ["-m", "scripts.triton_client"]
     out = tmp_path / "out.webp"
     done = subprocess.run(
-        [sys.executable, str(script), str(source), "-o", str(out), "--scale", "3",
+        [sys.executable, *script, str(source), "-o", str(out), "--scale", "3",
          "--url", triton.url, "--check"],
         capture_output=True, text=True, timeout=TIMEOUT,
     )  # fmt: skip
@@ -453,7 +459,7 @@ def test_example_client_checks_and_fails_cleanly(triton, tmp_path):
     assert "PASS: enhancer 150x90 image/webp" in done.stdout
     assert pixels(out.read_bytes())[1] == (150, 90)
     refused = subprocess.run(
-        [sys.executable, str(script), str(source), "--scale", "9", "--url", triton.url, "--check"],
+        [sys.executable, *script, str(source), "--scale", "9", "--url", triton.url, "--check"],
         capture_output=True, text=True, timeout=TIMEOUT,
     )  # fmt: skip
     assert refused.returncode == 1
@@ -462,7 +468,7 @@ def test_example_client_checks_and_fails_cleanly(triton, tmp_path):
 
 def test_start_command_fixed_libpython_by_itself(triton):
     """The server was started without LD_LIBRARY_PATH; where this Python needs it, it set it."""
-    needed = triton_serve.python_library_path({})
+    needed = triton_ops.python_library_path({})
     log = triton.log_text()
     if needed is not None:
         assert f"LD_LIBRARY_PATH for Triton's Python stub: {needed}" in log

@@ -1,7 +1,9 @@
 // The Image Enhancer page: a queue of photos sent one by one (two at a time) to /enhance, each
 // result shown in a before/after comparison with zoom, and downloaded singly or all as a zip.
-// Plain modern JavaScript, no libraries, no build step; served from the app itself (the CSP allows
-// only scripts from this origin, so nothing here may be inline or come from a CDN).
+// Plain modern JavaScript, no build step; one vendored library, fflate (static/vendor/), builds the
+// zip. Served from the app itself (the CSP allows only scripts from this origin, so nothing here may
+// be inline or come from a CDN).
+/* global fflate */
 'use strict';
 
 (() => {
@@ -12,7 +14,7 @@
   // A busy service (503 ServiceBusy) is asked again this many times, after its Retry-After.
   const BUSY_RETRIES = 2;
   const ZOOMS = [0, 1, 2]; // 0 = fit; otherwise CSS pixels per output pixel
-  const EXTENSIONS = { 'image/png': 'png', 'image/jpeg': 'jpg', 'image/webp': 'webp' };
+  const EXTENSIONS = config.extensions; // content type -> file name extension (enhancer.contract)
   // What went wrong, in words, by the JSON error's type; the server's message follows it.
   const LABELS = {
     PayloadTooLarge: 'Too large',
@@ -394,81 +396,15 @@
     for (const item of items.filter((it) => it.state === 'done' || it.state === 'error')) removeItem(item);
   });
 
-  // -- a minimal ZIP writer: stored entries (images are compressed already), CRC-32, UTF-8 names ---
-
-  const CRC_TABLE = (() => {
-    const table = new Uint32Array(256);
-    for (let n = 0; n < 256; n += 1) {
-      let c = n;
-      for (let k = 0; k < 8; k += 1) c = c & 1 ? 0xedb88320 ^ (c >>> 1) : c >>> 1;
-      table[n] = c >>> 0;
-    }
-    return table;
-  })();
-
-  function crc32(bytes) {
-    let c = 0xffffffff;
-    for (let i = 0; i < bytes.length; i += 1) c = CRC_TABLE[(c ^ bytes[i]) & 0xff] ^ (c >>> 8);
-    return (c ^ 0xffffffff) >>> 0;
-  }
-
-  function dosDateTime(date) {
-    return {
-      time: (date.getHours() << 11) | (date.getMinutes() << 5) | (date.getSeconds() >> 1),
-      date: ((date.getFullYear() - 1980) << 9) | ((date.getMonth() + 1) << 5) | date.getDate(),
-    };
-  }
+  // -- the zip: fflate (frontend/static/vendor), entries stored (images are compressed already) ---
 
   async function makeZip(entries) {
-    const encoder = new TextEncoder();
-    const { time, date } = dosDateTime(new Date());
-    const parts = [];
-    const directory = [];
-    let offset = 0;
+    const mtime = new Date();
+    const files = {};
     for (const { name, blob } of entries) {
-      const data = new Uint8Array(await blob.arrayBuffer());
-      const nameBytes = encoder.encode(name);
-      const crc = crc32(data);
-      const local = new DataView(new ArrayBuffer(30));
-      local.setUint32(0, 0x04034b50, true); // local file header
-      local.setUint16(4, 20, true); // version needed: 2.0
-      local.setUint16(6, 0x0800, true); // flags: names are UTF-8
-      local.setUint16(8, 0, true); // method: stored
-      local.setUint16(10, time, true);
-      local.setUint16(12, date, true);
-      local.setUint32(14, crc, true);
-      local.setUint32(18, data.length, true); // compressed size
-      local.setUint32(22, data.length, true); // size
-      local.setUint16(26, nameBytes.length, true);
-      local.setUint16(28, 0, true); // extra field length
-      parts.push(local, nameBytes, data);
-
-      const central = new DataView(new ArrayBuffer(46));
-      central.setUint32(0, 0x02014b50, true); // central directory header
-      central.setUint16(4, 20, true); // version made by
-      central.setUint16(6, 20, true); // version needed
-      central.setUint16(8, 0x0800, true);
-      central.setUint16(10, 0, true);
-      central.setUint16(12, time, true);
-      central.setUint16(14, date, true);
-      central.setUint32(16, crc, true);
-      central.setUint32(20, data.length, true);
-      central.setUint32(24, data.length, true);
-      central.setUint16(28, nameBytes.length, true);
-      // extra length, comment length, disk number, internal and external attributes: all 0
-      central.setUint32(42, offset, true); // where the local header is
-      directory.push(central, nameBytes);
-      offset += 30 + nameBytes.length + data.length;
-      if (offset >= 0xffffffff || entries.length >= 0xffff) throw new Error('too much for a zip without ZIP64');
+      files[name] = [new Uint8Array(await blob.arrayBuffer()), { level: 0, mtime }];
     }
-    const directorySize = directory.reduce((total, part) => total + part.byteLength, 0);
-    const end = new DataView(new ArrayBuffer(22));
-    end.setUint32(0, 0x06054b50, true); // end of central directory
-    end.setUint16(8, entries.length, true); // entries on this disk
-    end.setUint16(10, entries.length, true); // entries in all
-    end.setUint32(12, directorySize, true);
-    end.setUint32(16, offset, true); // where the directory starts
-    return new Blob([...parts, ...directory, end], { type: 'application/zip' });
+    return new Blob([fflate.zipSync(files)], { type: 'application/zip' });
   }
 
   // -- the service's health -----------------------------------------------------------------------

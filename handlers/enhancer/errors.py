@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 
+from enhancer.contract import error_body
+
 
 class EnhanceError(Exception):
     """A request the engine cannot serve, with the HTTP status that says why."""
@@ -20,8 +22,7 @@ class EnhanceError(Exception):
 
     def to_json(self) -> bytes:
         """The error body, shaped like TorchServe's own: ``{"code", "type", "message"}``."""
-        body = {"code": self.status, "type": self.kind, "message": self.message}
-        return json.dumps(body).encode()
+        return json.dumps(error_body(self.status, self.kind, self.message)).encode()
 
 
 class BadRequest(EnhanceError):

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from card import file_sha256
+from enhancer.card import file_sha256
 
 
 def _body(depth: int, width: int, out_channels: int) -> nn.Sequential:

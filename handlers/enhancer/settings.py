@@ -32,7 +32,6 @@ class EnhancerSettings:
             "openvino" (refuses to start when it cannot be used). See backends.py.
         jpeg_quality, webp_quality: defaults of the ``quality`` option.
         png_compress_level: zlib level for PNG output (0-9); 3: far faster than 6, nearly as small.
-        option_header_prefix: request headers with this prefix carry options for a raw body.
     """
 
     max_input_pixels: int = 4096 * 4096
@@ -48,7 +47,6 @@ class EnhancerSettings:
     jpeg_quality: int = 92
     webp_quality: int = 90
     png_compress_level: int = 3
-    option_header_prefix: str = "X-Enhance-"
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None) -> EnhancerSettings:
@@ -112,5 +110,3 @@ class EnhancerSettings:
                 raise ValueError(f"settings: '{key}' must be in [1, 100]")
         if not 0 <= self.png_compress_level <= 9:
             raise ValueError("settings: 'png_compress_level' must be in [0, 9]")
-        if not self.option_header_prefix:
-            raise ValueError("settings: 'option_header_prefix' must not be empty")

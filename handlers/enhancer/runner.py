@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from backends import fast_cpu_model
-from card import ModelCard
-from errors import OutOfMemory
+from enhancer.backends import fast_cpu_model
+from enhancer.card import ModelCard
+from enhancer.errors import OutOfMemory
 
 logger = logging.getLogger(__name__)
 

@@ -1,6 +1,6 @@
-"""Real TorchServe servers for end-to-end tests (a pytest plugin: ``pytest_plugins = ["servers"]``).
+"""Real TorchServe servers for end-to-end tests (a pytest plugin, loaded by tests/conftest.py).
 
-    from servers import start_torchserve, stop_torchserve
+    from tests.helpers.servers import start_torchserve, stop_torchserve
 
     ts = start_torchserve(model_pt, tmp_path / "ts", model_config={"batchSize": 1},
                           properties={"token_expiration_min": "0.1"})
@@ -9,12 +9,13 @@
     finally:
         stop_torchserve(ts)
 
-Each server is built the way ``make run`` builds the real one (scripts/archive.py, scripts/serve.py)
+Each server is built the way ``make run`` builds the real one (``scripts.ops.archive``,
+``scripts.ops.torchserve``)
 from the repository's handlers/ and config.properties, with only what must differ changed: free
 ports for all five listeners and the worker, a private TMPDIR/TEMP (pid file, worker sockets) and
 run folder, and the overrides a test asks for. The ``torchserve`` session fixture serves the tiny
-scale-2 model (tests/tiny_models.tiny_sr) once for the whole session; every server a test starts is
-stopped at the end of the session even when the test fails.
+scale-2 model (``tests.helpers.tiny_models.tiny_sr``) once for the whole session; every server a
+test starts is stopped at the end of the session even when the test fails.
 """
 
 from __future__ import annotations
@@ -26,11 +27,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from scripts import serve
+from enhancer.contract import MODEL_NAME
+from scripts.ops import archive
+from scripts.ops import torchserve as serve
+from scripts.ops.properties import write_private_config
 
-archive = serve.archive  # the same module serve.py uses (scripts/archive.py)
-
-MODEL_NAME = serve.MODEL_NAME
+__all__ = ["MODEL_NAME", "TorchServe", "archive", "launch_torchserve", "start_torchserve",
+           "stop_torchserve", "write_model_config"]  # fmt: skip
 
 
 @dataclass
@@ -155,7 +158,7 @@ def launch_torchserve(
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "config.properties"
-    ports = serve.write_private_config(config, properties)
+    ports = write_private_config(config, properties)
     instance = serve.Instance.from_config(workdir, config)
     ts = TorchServe(
         workdir=workdir,
@@ -193,7 +196,7 @@ def _stop_leftover_torchserves():
 @pytest.fixture(scope="session")
 def torchserve(tmp_path_factory) -> TorchServe:
     """A TorchServe serving the tiny scale-2 model with the repository's config, for the session."""
-    from tiny_models import tiny_sr
+    from tests.helpers.tiny_models import tiny_sr
 
     model_pt = tiny_sr(tmp_path_factory.mktemp("ts-model"))
     ts = start_torchserve(model_pt, tmp_path_factory.mktemp("ts-session"))

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from card import ModelCard, file_sha256
+from enhancer.card import ModelCard, file_sha256
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""Image builders for the fidelity, imaging and handler tests, all made in code, in memory.
+"""Image builders for the tests, all made in code, in memory.
 
 What Pillow cannot make is written by hand here, independently of the engine's own writers, so a
 test never checks the engine against itself:
@@ -319,3 +319,32 @@ def cmyk_profile() -> bytes:
     )
     assert len(header) == 128
     return header + b"".join(table) + body
+
+
+def photo_array(width: int, height: int, seed: int = 0) -> np.ndarray:
+    """A photo-like (height, width, 3) uint8 array: smooth gradients, edges and fine texture."""
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:height, 0:width].astype(np.float32)
+    r = 0.5 + 0.4 * np.sin(x / max(width, 1) * 3.1 + 0.3)
+    g = 0.5 + 0.4 * np.cos(y / max(height, 1) * 2.7)
+    b = 0.5 + 0.3 * np.sin((x + y) / 9.0)
+    rgb = np.stack([r, g, b], axis=-1)
+    rgb[(x // 7 + y // 5) % 2 == 0] *= 0.85  # hard edges
+    rgb += rng.normal(0, 0.03, rgb.shape)  # texture
+    return (np.clip(rgb, 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def encode(image: Image.Image, fmt: str = "PNG", **params) -> bytes:
+    """Image -> bytes in ``fmt`` with Pillow save parameters."""
+    out = io.BytesIO()
+    image.save(out, format=fmt, **params)
+    return out.getvalue()
+
+
+def webp_ending_in_nul() -> bytes:
+    """A lossless WebP whose RIFF chunk ends in its NUL pad byte (odd-sized payload)."""
+    for width in range(8, 64):
+        data = encode(Image.fromarray(photo_array(width, 7)), "WEBP", lossless=True)
+        if data.endswith(b"\x00"):
+            return data
+    raise AssertionError("no WebP with a pad byte found")

@@ -1,7 +1,8 @@
 """Request options: parse and check ``scale``, ``format``, ``quality``, ``tile`` and ``strength``.
 
-Options arrive as multipart form fields or, for a raw body, as headers with a fixed prefix
-(``X-Enhance-Scale: 4``). Anything unknown is an error that names it, never silently ignored.
+The names and formats are the contract's (``enhancer.contract``); how they arrive (form fields,
+headers) is the adapters' business (``enhancer.serving``). Anything unknown is an error that names
+it, never silently ignored.
 """
 
 from __future__ import annotations
@@ -10,15 +11,12 @@ import dataclasses
 import math
 from collections.abc import Mapping
 
-from card import ModelCard
-from errors import BadRequest, OptionError
-from settings import EnhancerSettings
+from enhancer.card import ModelCard
+from enhancer.contract import FORMAT_ALIASES, FORMATS, OPTION_NAMES
+from enhancer.errors import OptionError
+from enhancer.settings import EnhancerSettings
 
-OPTION_NAMES = ("scale", "format", "quality", "tile", "strength")
-FORMATS = ("auto", "png", "jpeg", "webp")
-FORMAT_ALIASES = {"jpg": "jpeg"}
-# Field names that carry the image: "data" for multipart (DESIGN 4), "body" for a raw body.
-IMAGE_FIELDS = ("data", "body")
+__all__ = ["FORMATS", "FORMAT_ALIASES", "OPTION_NAMES", "Options", "parse_options", "smallest_tile"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,67 +129,3 @@ def smallest_tile(card: ModelCard) -> int:
     """The smallest tile whose core (tile minus context and blend on both sides) is non-empty."""
     smallest = 3 * card.overlap + 1
     return -(-smallest // card.multiple) * card.multiple
-
-
-def split_request(
-    fields: Mapping[str, object], headers: Mapping[str, object] | None, prefix: str
-) -> tuple[bytes, dict[str, object]]:
-    """Separate the image from the options of one TorchServe-style request.
-
-    Args:
-        fields: what TorchServe hands the handler for one request: the raw body under "body", or
-            multipart fields by name (the image under "data").
-        headers: request headers (name -> value); those starting with ``prefix`` (any case) are
-            options for a raw body. Other headers are ignored.
-        prefix: the option header prefix, e.g. "X-Enhance-".
-
-    Returns:
-        The image bytes and the raw option values.
-
-    Raises:
-        BadRequest: no image, two images, or an option given twice.
-        OptionError: an unknown field or option header.
-    """
-    images = [name for name in IMAGE_FIELDS if name in fields]
-    if not images:
-        unknown = [name for name in fields if name not in OPTION_NAMES]
-        hint = f" (got field '{unknown[0]}')" if unknown else ""
-        raise BadRequest(
-            f"no image: send it as the request body or as the multipart field 'data'{hint}"
-        )
-    if len(images) > 1:
-        raise BadRequest("send one image: both a body and a 'data' field were given")
-    data = fields[images[0]]
-    if not isinstance(data, (bytes, bytearray)):
-        # TorchServe decodes a text/* or application/json body before the handler sees it
-        kind = "text" if isinstance(data, str) else "JSON"
-        raise BadRequest(
-            f"the image arrived as {kind}, not bytes: send it as binary "
-            "(curl -T file or -F data=@file, with no text or JSON Content-Type)"
-        )
-    if len(data) == 0:
-        raise BadRequest("empty image: the request body has no bytes")
-
-    known = ", ".join(OPTION_NAMES)
-    options: dict[str, object] = {}
-    for name, value in fields.items():
-        if name in IMAGE_FIELDS:
-            continue
-        if name not in OPTION_NAMES:
-            raise OptionError(name, f"unknown field (send the image as 'data'; options: {known})")
-        options[name] = value
-    low_prefix = prefix.lower()
-    for key, value in (headers or {}).items():
-        # TorchServe also lists each multipart field's own headers here, as dicts: not options
-        if not isinstance(key, str) or not isinstance(value, str):
-            continue
-        if not key.lower().startswith(low_prefix):
-            continue
-        name = key[len(prefix) :].lower()
-        if name not in OPTION_NAMES:
-            header = f"{prefix}{key[len(prefix) :]}"
-            raise OptionError(header, f"unknown option header (known: {known})")
-        if name in options:
-            raise BadRequest(f"option '{name}' given twice (as a field and as a header)")
-        options[name] = value
-    return bytes(data), options

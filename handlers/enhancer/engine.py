@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from card import ModelCard
-from errors import EnhanceError, InternalError, OutOfMemory, PayloadTooLarge
-from imaging import (
+from enhancer.card import ModelCard
+from enhancer.errors import EnhanceError, InternalError, OutOfMemory, PayloadTooLarge
+from enhancer.imaging import (
     CONTENT_TYPES,
     Picture,
     check_output_format,
@@ -32,11 +32,11 @@ from imaging import (
     resize,
     resolve_format,
 )
-from options import Options, parse_options, smallest_tile
-from passes import Pass, output_size, plan_passes
-from runner import ModelRunner, TileOutOfMemory, is_out_of_memory, out_of_memory_error
-from settings import EnhancerSettings
-from tiling import tiled_apply
+from enhancer.options import Options, parse_options, smallest_tile
+from enhancer.passes import Pass, output_size, plan_passes
+from enhancer.runner import ModelRunner, TileOutOfMemory, is_out_of_memory, out_of_memory_error
+from enhancer.settings import EnhancerSettings
+from enhancer.tiling import tiled_apply
 
 logger = logging.getLogger(__name__)
 

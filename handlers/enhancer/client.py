@@ -1,6 +1,8 @@
-"""A small requests-based client for the TorchServe inference and management APIs.
+"""The one TorchServe client: inference and management calls with key handling and rotation.
 
-The page talks to TorchServe only through this module. Every call has a timeout, and every failure
+Everything that calls TorchServe goes through this module: the page (``frontend``), the operator's
+commands (``python -m scripts.serve status|smoke``, readiness while starting) and the container's
+health check (``deploy/docker/entrypoint.py``). Every call has a timeout, and every failure
 becomes one exception type, ``TorchServeError``, that already carries the status the page should
 answer with (RELIABILITY.md section 4):
 
@@ -41,10 +43,12 @@ from pathlib import Path
 import requests
 from urllib3.exceptions import NewConnectionError
 
+from enhancer.contract import CONTENT_TYPES, MODEL_NAME, option_header
+
 logger = logging.getLogger(__name__)
 
 # Content types the handler answers with; anything else is not passed on to the browser.
-IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp")
+IMAGE_TYPES = tuple(CONTENT_TYPES.values())
 _CHUNK = 256 * 1024
 # Statuses the handler uses for problems with the request itself: passed through to the user.
 _CLIENT_ERRORS = {
@@ -199,21 +203,19 @@ class TorchServeClient:
             so TorchServe's own timeout answers first).
         status_timeout: seconds to wait for /ping, the model's status and a key rotation.
         retry_after: seconds to tell a user to wait when TorchServe is busy.
-        option_prefix: the header prefix the handler reads options from.
     """
 
     def __init__(
         self,
         inference_url: str,
         management_url: str,
-        model_name: str,
-        key_file: str | os.PathLike,
+        model_name: str = MODEL_NAME,
+        key_file: str | os.PathLike = "key_file.json",
         *,
         connect_timeout: float = 3.0,
         read_timeout: float = 310.0,
         status_timeout: float = 5.0,
         retry_after: int = 10,
-        option_prefix: str = "X-Enhance-",
     ):
         self.inference_url = inference_url.rstrip("/")
         self.management_url = (management_url or "").rstrip("/")
@@ -223,7 +225,6 @@ class TorchServeClient:
         self.read_timeout = read_timeout
         self.status_timeout = status_timeout
         self.retry_after = retry_after
-        self.option_prefix = option_prefix
         self._local = threading.local()
 
     @classmethod
@@ -238,7 +239,6 @@ class TorchServeClient:
             read_timeout=float(config["READ_TIMEOUT"]),
             status_timeout=float(config["STATUS_TIMEOUT"]),
             retry_after=int(config["RETRY_AFTER"]),
-            option_prefix=str(config["OPTION_HEADER_PREFIX"]),
         )
 
     # -- the calls ---------------------------------------------------------------------------------
@@ -254,9 +254,7 @@ class TorchServeClient:
             TorchServeError: with the status the page should answer (see the module docstring).
         """
         headers = {"Content-Type": "application/octet-stream"}
-        headers.update(
-            {f"{self.option_prefix}{name.capitalize()}": value for name, value in options.items()}
-        )
+        headers.update({option_header(name): value for name, value in options.items()})
         response = self._call(
             "POST",
             f"{self.inference_url}/predictions/{self.model_name}",
@@ -324,10 +322,8 @@ class TorchServeClient:
                 "message": f"TorchServe runs but does not serve the model '{self.model_name}'.",
             }
         try:
-            model = described.json()
-            model = model[0] if isinstance(model, list) else model
-            statuses = [str(worker.get("status")) for worker in model.get("workers", [])]
-        except (ValueError, AttributeError, IndexError, TypeError):
+            statuses = worker_statuses(described.json())
+        except ValueError:
             statuses = []
         if "READY" in statuses:
             return True, {"torchserve": "ready", "model": "READY"}
@@ -337,6 +333,57 @@ class TorchServeClient:
             "model": status,
             "message": f"The model '{self.model_name}' has no READY worker ({status}).",
         }
+
+    def model_status(self) -> dict:
+        """The management API's description of the model (``GET /models/<name>``), first version.
+
+        Raises:
+            TorchServeError: TorchServe is down, refused the key even after a rotation, or
+                answered something other than 200 with JSON.
+        """
+        response = self.call(
+            "GET",
+            f"{self.management_url}/models/{self.model_name}",
+            "management",
+            timeout=(self.connect_timeout, self.status_timeout),
+        )
+        if response.status_code != 200:
+            kind, message = _body(response)
+            raise TorchServeError(
+                503,
+                kind or "ServiceUnavailable",
+                message or f"the management API answered {response.status_code}",
+            )
+        try:
+            described = response.json()
+        except ValueError:
+            raise TorchServeError(502, "BadGateway", "the management API sent no JSON") from None
+        described = described[0] if isinstance(described, list) and described else described
+        return described if isinstance(described, dict) else {}
+
+    def ready(self) -> bool:
+        """Whether the model has a READY worker (any failure counts as not ready)."""
+        try:
+            return "READY" in worker_statuses(self.model_status())
+        except TorchServeError:
+            return False
+
+    def call(
+        self, method: str, url: str, kind: str = "inference", *, timeout=None, **kwargs
+    ) -> requests.Response:
+        """Any call to TorchServe with the ``kind`` key, rotated once when it has expired.
+
+        Args:
+            method, url: the request, e.g. ("POST", f"{inference_url}/predictions/enhancer").
+            kind: which key: "inference" (port 8080) or "management" (port 8081).
+            timeout: (connect, read) seconds; default (connect_timeout, read_timeout).
+            kwargs: passed to ``requests`` (data, files, headers, params, stream).
+
+        Raises:
+            TorchServeError: not reachable, timed out, or the key was refused even after rotation.
+        """
+        timeout = timeout or (self.connect_timeout, self.read_timeout)
+        return self._call(method, url, kind, timeout=timeout, **kwargs)
 
     # -- plumbing ----------------------------------------------------------------------------------
 
@@ -471,6 +518,21 @@ class TorchServeClient:
         # 500 "Worker died." (a crash or its responseTimeout) and 503 "Prediction failed" (a handler
         # bug): the worker restarts by itself; the image is not sent again, it may be the cause.
         return TorchServeError(502, "BadGateway", "The enhancement service failed on this image.")
+
+
+def worker_statuses(described: object) -> list[str]:
+    """The workers' statuses in a ``GET /models/<name>`` answer (a list of versions, or one).
+
+    The one parser of "is the worker READY" in the project: ``"READY" in worker_statuses(...)``.
+    """
+    if isinstance(described, list):
+        described = described[0] if described else {}
+    if not isinstance(described, dict):
+        return []
+    workers = described.get("workers")
+    if not isinstance(workers, list):
+        return []
+    return [str(worker.get("status")) for worker in workers if isinstance(worker, dict)]
 
 
 def _body(response: requests.Response) -> tuple[str, str]:

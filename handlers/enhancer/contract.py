@@ -1,0 +1,110 @@
+"""The request contract, once: what every door (TorchServe, Triton, the page) and client agrees on.
+
+Torch-free and dependency-free, so the page, the clients and the scripts import it without the
+engine: the model name, the option names and output formats, the option header prefix for a raw
+body, the accepted input formats and how they are recognised from their first bytes, and the shape
+of an error body.
+"""
+
+from __future__ import annotations
+
+# The name TorchServe and Triton serve the model under: POST /predictions/enhancer.
+MODEL_NAME = "enhancer"
+
+# Options of a request: multipart form fields, or, for a raw body, headers with this prefix
+# (``X-Enhance-Scale: 4``; any case). The prefix is fixed: it is part of the API.
+OPTION_NAMES = ("scale", "format", "quality", "tile", "strength")
+OPTION_HEADER_PREFIX = "X-Enhance-"
+
+# Values of the ``format`` option; "auto" keeps the input's format where it can.
+FORMATS = ("auto", "png", "jpeg", "webp")
+FORMAT_ALIASES = {"jpg": "jpeg"}
+CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+# The file name extension of each output format (what the page names a download).
+FILE_EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
+
+# Input formats, by their Pillow names: only these are ever parsed.
+ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
+ALLOWED_TEXT = "PNG, JPEG, WebP, GIF or BMP"
+# Their media types and file name extensions (what the page's file picker offers).
+INPUT_MEDIA_TYPES = {
+    "PNG": ("image/png", (".png",)),
+    "JPEG": ("image/jpeg", (".jpg", ".jpeg")),
+    "WEBP": ("image/webp", (".webp",)),
+    "GIF": ("image/gif", (".gif",)),
+    "BMP": ("image/bmp", (".bmp",)),
+}
+
+# Recognised but refused: named in the 415 so the user knows what they sent.
+_OTHER_SIGNATURES = (
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"8BPS", "PSD"),
+    (b"%!PS", "EPS"),
+    (b"\xc5\xd0\xd3\xc6", "EPS"),
+    (b"%PDF", "PDF"),
+    (b"\x00\x00\x01\x00", "ICO"),
+    (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
+    (b"\xff\x4f\xff\x51", "JPEG 2000"),
+    (b"\xff\x0a", "JPEG XL"),
+    (b"\x00\x00\x00\x0cJXL ", "JPEG XL"),
+    (b"qoif", "QOI"),
+    (b"DDS ", "DDS"),
+    (b"\x76\x2f\x31\x01", "OpenEXR"),
+    (b"#?RADIANCE", "HDR"),
+)
+_TEXT_MARKERS = (b"<svg", b"<?xml", b"<!doctype", b"<html", b"<head", b"<body", b"{", b"[")
+# BITMAPINFOHEADER and its successors: the header sizes a real BMP declares at byte 14 ("BM" alone
+# is too weak: any text may start with it).
+_BMP_HEADER_SIZES = (12, 16, 40, 52, 56, 64, 108, 124)
+
+
+def sniff_format(data: bytes) -> str | None:
+    """The format named by the leading bytes.
+
+    Returns:
+        One of ALLOWED_FORMATS, the name of another format (refused with 415), or None when the
+        bytes are no known format at all.
+    """
+    head = bytes(data[:32])
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    if (
+        head[:2] == b"BM"
+        and len(data) >= 26
+        and int.from_bytes(head[14:18], "little") in _BMP_HEADER_SIZES
+    ):
+        return "BMP"
+    for signature, name in _OTHER_SIGNATURES:
+        if head.startswith(signature):
+            return name
+    if head[4:8] == b"ftyp":
+        brand = head[8:12]
+        if brand.startswith(b"avi"):
+            return "AVIF"
+        return "HEIF" if brand[:3] in (b"hei", b"hev", b"mif") else "ISO media"
+    text = head.lstrip().lower()
+    if any(text.startswith(marker) for marker in _TEXT_MARKERS):
+        return "text (HTML, SVG, XML or JSON)"
+    return None
+
+
+def is_allowed_image(data: bytes) -> bool:
+    """Whether the leading bytes are one of the accepted input formats."""
+    return sniff_format(data) in ALLOWED_FORMATS
+
+
+def option_header(name: str) -> str:
+    """The request header that carries option ``name`` for a raw body: "X-Enhance-Scale"."""
+    return f"{OPTION_HEADER_PREFIX}{name.capitalize()}"
+
+
+def error_body(status: int, kind: str, message: str) -> dict[str, object]:
+    """An error's JSON body, shaped like TorchServe's own: ``{"code", "type", "message"}``."""
+    return {"code": status, "type": kind, "message": message}

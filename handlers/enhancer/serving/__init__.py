@@ -1,0 +1,1 @@
+"""The doors to the engine: the TorchServe and Triton adapters."""

@@ -1,0 +1,218 @@
+"""Build the TorchServe archive (.mar) of a model: handler, the ``enhancer`` package, card, config.
+
+What goes in: ``handlers/enhancer_handler.py`` as the handler, the package folder
+``handlers/enhancer/`` whole (``--extra-files``; TorchServe imports the handler by its bare name and
+the handler imports ``enhancer`` from beside it), the model's card (``<model>.json``, which the
+handler reads beside the .pt) and ``handlers/model-config.yaml``. The card's sha256 must match the
+.pt, or nothing is built: the handler would refuse it at start-up. The archive is rebuilt only when
+an input is newer than it or differs from its copy inside (or with ``force``).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+from enhancer.card import ModelCard, file_sha256
+from enhancer.contract import MODEL_NAME
+from scripts.ops.paths import DEFAULT_MODEL, HANDLER, HANDLERS, MODEL_CONFIG, MODEL_STORE, PACKAGE
+
+__all__ = [
+    "ArchiveError",
+    "archive_inputs",
+    "build_archive",
+    "describe",
+    "file_sha256",
+    "is_stale",
+    "load_verified_card",
+    "member_name",
+    "package_files",
+]
+
+
+class ArchiveError(Exception):
+    """The archive cannot be built (missing input, a card that does not match its model, ...)."""
+
+
+def package_files() -> list[Path]:
+    """The files of the ``enhancer`` package shipped beside the handler (no caches)."""
+    return sorted(
+        path
+        for path in PACKAGE.rglob("*")
+        if path.is_file() and "__pycache__" not in path.parts and path.suffix != ".pyc"
+    )
+
+
+def member_name(path: Path) -> str:
+    """Where an input file lies in the archive: the package under ``enhancer/``, the rest at the
+    top."""
+    path = Path(path)
+    if path.is_relative_to(PACKAGE):
+        return path.relative_to(HANDLERS).as_posix()
+    return path.name
+
+
+def archive_inputs(model: Path, config_file: Path = MODEL_CONFIG) -> list[Path]:
+    """Every file the archive of ``model`` is built from."""
+    return [model, model.with_suffix(".json"), config_file, HANDLER, *package_files()]
+
+
+def stage_package(folder: Path) -> Path:
+    """Copy the ``enhancer`` package (without caches) into ``folder``/enhancer and return
+    ``folder``: torch-model-archiver copies the *contents* of a folder given in --extra-files, so
+    the package folder itself must be one level down."""
+    shutil.copytree(
+        PACKAGE, Path(folder) / PACKAGE.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+    )
+    return Path(folder)
+
+
+def is_stale(
+    mar: Path,
+    model: Path,
+    *,
+    name: str = MODEL_NAME,
+    version: str | None = None,
+    config_file: Path = MODEL_CONFIG,
+) -> bool:
+    """Whether ``mar`` must be (re)built for ``model``.
+
+    It must when it is missing, older than any input, or holds other files than the inputs: every
+    member but the model itself is compared byte for byte (the model is covered by its card's
+    sha256, checked against the .pt at build time), and so are the manifest's name and version.
+    """
+    model, config_file = Path(model), Path(config_file)
+    inputs = archive_inputs(model, config_file)
+    if not mar.exists() or any(path.stat().st_mtime > mar.stat().st_mtime for path in inputs):
+        return True
+    try:
+        with zipfile.ZipFile(mar) as archive:
+            manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
+            if (
+                manifest["model"]["modelName"] != name
+                or manifest["model"]["serializedFile"] != model.name
+            ):
+                return True
+            if version is not None and manifest["model"]["modelVersion"] != version:
+                return True
+            if any(
+                archive.read(member_name(path)) != path.read_bytes()
+                for path in inputs
+                if path != model
+            ):
+                return True
+            # a module removed from the package must leave the archive too
+            shipped = {n for n in archive.namelist() if n.startswith(f"{PACKAGE.name}/")}
+            return shipped != {member_name(p) for p in package_files()}
+    except (KeyError, ValueError, zipfile.BadZipFile):
+        return True
+
+
+def load_verified_card(model: Path) -> ModelCard:
+    """Read the card beside ``model`` and check its sha256 against the model file.
+
+    Raises:
+        ArchiveError: the model or card is missing or invalid, or the digests differ.
+    """
+    card_path = model.with_suffix(".json")
+    for path in (model, card_path):
+        if not path.is_file():
+            raise ArchiveError(
+                f"{path} not found: a model is a TorchScript .pt with its card .json beside it"
+            )
+    try:
+        card = ModelCard.load(card_path)
+        card.verify(model)
+    except ValueError as error:
+        raise ArchiveError(f"{card_path}: {error}") from None
+    return card
+
+
+def build_archive(
+    model: Path = DEFAULT_MODEL,
+    *,
+    name: str = MODEL_NAME,
+    version: str | None = None,
+    export_path: Path = MODEL_STORE,
+    config_file: Path = MODEL_CONFIG,
+    store: bool = False,
+    force: bool = False,
+) -> Path:
+    """Build ``<export_path>/<name>.mar`` unless it is newer than all of its inputs.
+
+    Args:
+        model: the TorchScript file; its card is the same path with a .json suffix.
+        name: the model name TorchServe serves it under (``/predictions/<name>``).
+        version: the archive's version; default: the card's ``version``.
+        export_path: the folder the .mar is written to (created if missing).
+        config_file: the per-model TorchServe config (batch size, timeouts, ``handler:`` limits).
+        store: store files uncompressed (a TorchScript file hardly compresses; faster to build).
+        force: rebuild even when the archive is up to date.
+
+    Returns:
+        The path of the .mar.
+
+    Raises:
+        ArchiveError: a missing input, a card that does not match its model, or an archiver failure.
+    """
+    model = Path(model).resolve()
+    config_file = Path(config_file).resolve()
+    export_path = Path(export_path).resolve()
+    card = load_verified_card(model)
+    if not config_file.is_file():
+        raise ArchiveError(f"{config_file} not found")
+    mar = export_path / f"{name}.mar"
+    if not force and not is_stale(mar, model, name=name, version=version, config_file=config_file):
+        return mar
+    export_path.mkdir(parents=True, exist_ok=True)
+    archiver = shutil.which(
+        "torch-model-archiver", path=str(Path(sys.executable).parent)
+    ) or shutil.which("torch-model-archiver")
+    if archiver is None:
+        raise ArchiveError(
+            "torch-model-archiver not found: run `make setup` (scripts/setup.sh serve)"
+        )
+    command = [
+        archiver,
+        "--model-name",
+        name,
+        "--version",
+        version or card.version,
+        "--serialized-file",
+        str(model),
+        "--handler",
+        str(HANDLER),
+        "--extra-files",
+        "{extra}",
+        "--config-file",
+        str(config_file),
+        "--export-path",
+        str(export_path),
+        "--archive-format",
+        "zip-store" if store else "default",
+        "--force",
+    ]
+    with tempfile.TemporaryDirectory(prefix="enhancer-archive-") as scratch:
+        extra = f"{stage_package(Path(scratch))},{model.with_suffix('.json')}"
+        command = [extra if part == "{extra}" else part for part in command]
+        done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise ArchiveError(
+            f"torch-model-archiver failed ({done.returncode}): {done.stderr.strip()[-2000:]}"
+        )
+    return mar
+
+
+def describe(mar: Path) -> str:
+    """A listing of the archive: each member with its size, then the archive's sha256."""
+    lines = [f"{mar}:"]
+    with zipfile.ZipFile(mar) as archive:
+        for info in archive.infolist():
+            lines.append(f"  {info.file_size:>12,}  {info.filename}")
+    lines.append(f"sha256 {file_sha256(mar)}  {mar.name}")
+    return "\n".join(lines)
