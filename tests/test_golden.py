@@ -11,15 +11,21 @@ import pytest
 import torch
 
 from enhancer.engine import Enhancer
+from enhancer.settings import EnhancerSettings
 from tests.helpers.golden import GOLDEN, inputs
 from tests.helpers.tiny_models import tiny_restore, tiny_sr
+
+# The hashes were recorded on TorchScript; the CPU backend is checked against it in test_backends.
+TORCHSCRIPT = EnhancerSettings(backend="torchscript")
 
 
 @pytest.fixture(scope="module")
 def engines(tmp_path_factory):
     return {
-        "sr": Enhancer.load(tiny_sr(tmp_path_factory.mktemp("golden-sr"))),
-        "restore": Enhancer.load(tiny_restore(tmp_path_factory.mktemp("golden-restore"))),
+        "sr": Enhancer.load(tiny_sr(tmp_path_factory.mktemp("golden-sr")), settings=TORCHSCRIPT),
+        "restore": Enhancer.load(
+            tiny_restore(tmp_path_factory.mktemp("golden-restore")), settings=TORCHSCRIPT
+        ),
     }
 
 
