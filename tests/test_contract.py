@@ -26,7 +26,7 @@ TORCH_FREE = (
 
 @pytest.mark.parametrize("module", TORCH_FREE)
 def test_imports_without_torch_from_any_folder(module, tmp_path):
-    """Installed by name (no sys.path tricks), and torch-free: the page and the clients need no
+    """Installed by name (no import path tricks), and torch-free: the page and the clients need no
     torch to know the contract."""
     code = (
         f"import sys, {module}; "
