@@ -79,5 +79,7 @@ class EnhancerHandler(BaseHandler):
                 responses.append(result.to_json())
             else:
                 self.context.set_response_content_type(idx, result.content_type)
+                for name, value in result.headers.items():
+                    self.context.set_response_header(idx, name, value)
                 responses.append(result.data)
         return responses

@@ -34,6 +34,13 @@ def main(argv: list[str] | None = None) -> int:
         help="TorchScript model with its card (.json) beside it (default: %(default)s)",
     )
     parser.add_argument(
+        "--restore",
+        type=Path,
+        default=None,
+        metavar="PT",
+        help="a restore model of the same family, shipped beside --model: enables `denoise`",
+    )
+    parser.add_argument(
         "--name",
         default=MODEL_NAME,
         help="model name served as /predictions/NAME (default: %(default)s)",
@@ -66,7 +73,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         archive.load_verified_card(args.model)
         stale = args.force or archive.is_stale(
-            mar, args.model, name=args.name, version=args.version, config_file=args.config_file
+            mar,
+            args.model,
+            name=args.name,
+            version=args.version,
+            config_file=args.config_file,
+            restore=args.restore,
         )
         mar = archive.build_archive(
             args.model,
@@ -76,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
             config_file=args.config_file,
             store=args.store,
             force=args.force,
+            restore=args.restore,
         )
     except archive.ArchiveError as error:
         print(f"archive: {error}", file=sys.stderr)

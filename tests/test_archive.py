@@ -139,3 +139,18 @@ def test_command_line_reports_a_missing_model(tmp_path, capsys):
         == 1
     )
     assert "nothing.pt not found" in capsys.readouterr().err
+
+
+def test_a_restore_model_ships_as_restore_pt_and_makes_the_archive_stale(tmp_path, model):
+    from tests.helpers.tiny_models import TinySR, save_model, tiny_sr
+
+    restore = tiny_sr(tmp_path / "other", name="my-restore", seed=9)
+    mar = archive.build_archive(model, export_path=tmp_path / "store", restore=restore)
+    with zipfile.ZipFile(mar) as packed:
+        assert packed.read("restore.pt") == restore.read_bytes()
+        assert packed.read("restore.json") == restore.with_suffix(".json").read_bytes()
+    assert not archive.is_stale(mar, model, restore=restore)
+    assert archive.is_stale(mar, model)  # the same archive without the pair is another archive
+    wrong = save_model(tmp_path / "wrong", TinySR(depth=2), name="restore", tile=64)
+    with pytest.raises(archive.ArchiveError, match="not one family"):
+        archive.build_archive(model, export_path=tmp_path / "store2", restore=wrong)

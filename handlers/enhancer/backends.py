@@ -63,7 +63,11 @@ def cache_folder(model_path: Path) -> Path:
 
 
 def openvino_model(
-    model_path: Path, card: ModelCard, module: torch.nn.Module, threads: int
+    model_path: Path,
+    card: ModelCard,
+    module: torch.nn.Module,
+    threads: int,
+    digest: str | None = None,
 ) -> OpenVinoModel:
     """Convert (or load the cached conversion of) the TorchScript model for OpenVINO's CPU plugin.
 
@@ -75,7 +79,7 @@ def openvino_model(
     except ImportError as error:
         raise BackendError("openvino is not installed") from error
     version = ov.__version__.split("-")[0]
-    digest = card.sha256 or file_sha256(model_path)
+    digest = digest or card.sha256 or file_sha256(model_path)
     folder = cache_folder(model_path)
     xml = folder / f"{digest[:32]}-openvino-{version}.xml"
     core = ov.Core()
@@ -141,12 +145,14 @@ def fast_cpu_model(
     card: ModelCard,
     module: torch.nn.Module,
     threads: int,
+    digest: str | None = None,
 ) -> OpenVinoModel | None:
     """The faster CPU backend to use in place of ``module``, or None for TorchScript itself.
 
     Args:
         requested: "auto" (OpenVINO when it converts and matches, else TorchScript with a log line),
             "torchscript", or "openvino" (an error when it cannot be used).
+        digest: the conversion cache's key; default: the card's sha256 (the file's hash).
 
     Raises:
         BackendError: ``requested`` is "openvino" and it cannot be used.
@@ -154,7 +160,7 @@ def fast_cpu_model(
     if requested == "torchscript":
         return None
     try:
-        model = openvino_model(model_path, card, module, threads)
+        model = openvino_model(model_path, card, module, threads, digest)
         error = parity_error(module, model, card)
         if error > PARITY_TOLERANCE:
             raise BackendError(

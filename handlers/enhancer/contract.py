@@ -13,8 +13,10 @@ MODEL_NAME = "enhancer"
 
 # Options of a request: multipart form fields, or, for a raw body, headers with this prefix
 # (``X-Enhance-Scale: 4``; any case). The prefix is fixed: it is part of the API.
-OPTION_NAMES = ("scale", "format", "quality", "tile", "strength")
+OPTION_NAMES = ("scale", "format", "quality", "tile", "strength", "denoise")
 OPTION_HEADER_PREFIX = "X-Enhance-"
+# A served clean/restore family: the restore model's file inside the archive (restore.json beside).
+RESTORE_FILE = "restore.pt"
 
 # Values of the ``format`` option; "auto" keeps the input's format where it can.
 FORMATS = ("auto", "png", "jpeg", "webp")

@@ -11,6 +11,7 @@ together; a job that fails gets its own error), ``finish`` (encode; raises Enhan
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -20,7 +21,8 @@ from pathlib import Path
 import torch
 
 from enhancer.card import ModelCard
-from enhancer.errors import EnhanceError, InternalError, OutOfMemory, PayloadTooLarge
+from enhancer.errors import EnhanceError, InternalError, OptionError, OutOfMemory, PayloadTooLarge
+from enhancer.family import DENOISE_LEVELS, blend, check_family, snap
 from enhancer.imaging import (
     CONTENT_TYPES,
     Picture,
@@ -50,6 +52,7 @@ class Result:
     format: str
     width: int
     height: int
+    headers: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(eq=False)
@@ -61,8 +64,44 @@ class Job:
     format: str
     target: tuple[int, int]
     plan: list[Pass]
+    denoise: float | None = None  # the level it runs at, when the engine has a model family
     color: torch.Tensor | None = None  # the enhanced colour planes once ``run`` succeeded
     error: EnhanceError | None = None
+
+
+def _family_levels(
+    clean: ModelRunner,
+    clean_path: Path,
+    card: ModelCard,
+    restore_path: Path,
+    device: str | torch.device,
+    settings: EnhancerSettings,
+) -> dict[float, ModelRunner]:
+    """A runner per denoise level: the clean model at 0, the restore model at 1, blends between."""
+    restore_card = ModelCard.load(restore_path.with_suffix(".json"))
+    restore_card.verify(restore_path)
+    check_family(card, restore_card)
+    device = torch.device(device)
+    restore_module = torch.jit.load(str(restore_path), map_location="cpu").eval()
+    clean_module = torch.jit.load(str(clean_path), map_location="cpu").eval()
+    levels = {0.0: clean}
+    for level in DENOISE_LEVELS[1:]:
+        if level == 1.0:
+            args = (restore_path, restore_card, device, settings.precision, settings.backend)
+            levels[level] = ModelRunner(*args)
+            continue
+        mixed = blend(clean_module, restore_module, level)
+        digest = hashlib.sha256(f"{card.sha256}:{restore_card.sha256}:{level}".encode()).hexdigest()
+        levels[level] = ModelRunner(
+            clean_path,
+            card,
+            device,
+            settings.precision,
+            settings.backend,
+            module=mixed,
+            digest=digest,
+        )
+    return levels
 
 
 def configure_cpu_threads(settings: EnhancerSettings) -> int:
@@ -81,10 +120,21 @@ class Enhancer:
         settings: limits and knobs.
     """
 
-    def __init__(self, runner: ModelRunner, card: ModelCard, settings: EnhancerSettings):
+    def __init__(
+        self,
+        runner: ModelRunner,
+        card: ModelCard,
+        settings: EnhancerSettings,
+        levels: Mapping[float, ModelRunner] | None = None,
+    ):
         self.runner = runner
         self.card = card
         self.settings = settings
+        # denoise level -> its model, when a clean/restore family is loaded (family.py)
+        self.levels = dict(levels or {})
+        self.default_denoise = snap(settings.denoise, tuple(self.levels)) if self.levels else None
+        if self.levels:
+            self.runner = self.levels[self.default_denoise]
         self.device = runner.device
         self.batch_size = (
             settings.tile_batch_gpu if self.device.type == "cuda" else settings.tile_batch_cpu
@@ -98,6 +148,7 @@ class Enhancer:
         *,
         device: str | torch.device = "cpu",
         settings: EnhancerSettings | None = None,
+        restore_path: str | Path | None = None,
     ) -> Enhancer:
         """Load a model and its card, refusing a model whose sha256 does not match the card.
 
@@ -106,6 +157,8 @@ class Enhancer:
             card_path: its card; default: the model path with a .json suffix.
             device: "cpu", "cuda", "cuda:1", ...
             settings: defaults to ``EnhancerSettings()``.
+            restore_path: the ``restore`` model of the same family as this (``clean``) one, with
+                its card beside it: enables the ``denoise`` option (family.py).
 
         Raises:
             ValueError: invalid card, or a model file that does not match it.
@@ -117,6 +170,9 @@ class Enhancer:
         runner = ModelRunner(
             model_path, card, torch.device(device), settings.precision, settings.backend
         )
+        levels = None
+        if restore_path is not None:
+            levels = _family_levels(runner, model_path, card, Path(restore_path), device, settings)
         logger.info(
             "Loaded %s %s (scale %d, tile %d, overlap %d) on %s in %s with %s",
             card.name,
@@ -128,7 +184,7 @@ class Enhancer:
             runner.dtype,
             runner.backend,
         )
-        return cls(runner, card, settings)
+        return cls(runner, card, settings, levels)
 
     # -- stage 1 ---------------------------------------------------------------------------------
 
@@ -139,6 +195,7 @@ class Enhancer:
             EnhanceError: 400, 413 or 415, before any model work.
         """
         options = parse_options(raw_options or {}, self.card, self.settings)
+        denoise = self._denoise_level(options)
         image, fmt = open_image(data, self.settings.max_input_pixels)
         self._check_output_pixels(image.size, options.scale)
         picture = load_picture(image, data, fmt)
@@ -146,7 +203,21 @@ class Enhancer:
         target = output_size(width, height, options.scale)
         out_format = resolve_format(options.format, picture)
         check_output_format(out_format, target)
-        return Job(options, picture, out_format, target, plan_passes(width, height, options.scale))
+        plan = plan_passes(width, height, options.scale)
+        return Job(options, picture, out_format, target, plan, denoise)
+
+    def _denoise_level(self, options: Options) -> float | None:
+        """The precomputed level a request runs at, or None for an engine of one model."""
+        if not self.levels:
+            if options.denoise is not None:
+                raise OptionError(
+                    "denoise",
+                    "this server runs one model; denoise needs its clean and restore pair",
+                )
+            return None
+        if options.denoise is None:
+            return self.default_denoise
+        return snap(options.denoise, tuple(self.levels))
 
     def _check_output_pixels(self, size: tuple[int, int], scale: float) -> None:
         width, height = output_size(size[0], size[1], scale)
@@ -169,6 +240,7 @@ class Enhancer:
                 [self._model_input(job.picture) for job in jobs],
                 [job.plan for job in jobs],
                 [job.options for job in jobs],
+                [job.denoise for job in jobs],
             )
         except OutOfMemory as error:
             if len(jobs) == 1:
@@ -202,16 +274,22 @@ class Enhancer:
         return color
 
     def _enhance(
-        self, colors: list[torch.Tensor], plans: list[list[Pass]], options: list[Options]
+        self,
+        colors: list[torch.Tensor],
+        plans: list[list[Pass]],
+        options: list[Options],
+        levels: list[float | None] | None = None,
     ) -> list[torch.Tensor]:
-        """All passes of all images, each pass's tiles shared among the images that have it."""
+        """All passes of all images, each pass's tiles shared among the images that have it
+        (and the same tile size and denoise level)."""
         current = list(colors)
+        levels = levels or [None] * len(colors)
         for index in range(max(len(plan) for plan in plans)):
             active = [i for i, plan in enumerate(plans) if index < len(plan)]
-            groups: dict[int, list[int]] = {}
+            groups: dict[tuple[int, float | None], list[int]] = {}
             for i in active:
-                groups.setdefault(options[i].tile or self.card.tile, []).append(i)
-            for tile, members in groups.items():
+                groups.setdefault((options[i].tile or self.card.tile, levels[i]), []).append(i)
+            for (tile, level), members in groups.items():
                 inputs = []
                 for i in members:
                     step = plans[i][index]
@@ -219,7 +297,8 @@ class Enhancer:
                     inputs.append(
                         resize(current[i], step.dst) if self.card.scale == 1 else current[i]
                     )
-                outputs = self._model_pass(inputs, tile)
+                runner = self.runner if level is None else self.levels[level]
+                outputs = self._model_pass(inputs, tile, runner)
                 for i, out in zip(members, outputs, strict=False):
                     current[i] = resize(out, plans[i][index].dst)  # no-op when already exact
         for i, opts in enumerate(options):
@@ -228,7 +307,9 @@ class Enhancer:
                 current[i] = torch.lerp(plain, current[i], opts.strength)
         return current
 
-    def _model_pass(self, inputs: list[torch.Tensor], tile: int) -> list[torch.Tensor]:
+    def _model_pass(
+        self, inputs: list[torch.Tensor], tile: int, runner: ModelRunner
+    ) -> list[torch.Tensor]:
         """One tiled pass over the inputs, with the precision guard and out-of-memory retries."""
         apply = partial(
             tiled_apply,
@@ -241,14 +322,14 @@ class Enhancer:
         )
         while True:
             try:
-                outputs = apply(self.runner, tile=tile)
-                if self.runner.reduced_precision and self.runner.take_bad_flag():
-                    self.runner.fallbacks += 1
+                outputs = apply(runner, tile=tile)
+                if runner.reduced_precision and runner.take_bad_flag():
+                    runner.fallbacks += 1
                     logger.warning(
                         "%s output had NaN or black tiles; rerunning the pass in float32",
-                        self.runner.dtype,
+                        runner.dtype,
                     )
-                    outputs = apply(partial(self.runner, full_precision=True), tile=tile)
+                    outputs = apply(partial(runner, full_precision=True), tile=tile)
                 return outputs
             except TileOutOfMemory:
                 smaller = tile // 2 // self.card.multiple * self.card.multiple
@@ -262,7 +343,7 @@ class Enhancer:
             except Exception as error:  # noqa: BLE001 - only allocation failures are mapped
                 if not is_out_of_memory(error):
                     raise
-                self.runner.release_memory()
+                runner.release_memory()
                 raise OutOfMemory(
                     f"out of memory on {self.device.type} holding the images: try a smaller scale"
                 ) from None
@@ -303,7 +384,10 @@ class Enhancer:
                 f"the limit is {self.settings.max_output_bytes:,} bytes: "
                 "ask for jpeg or webp, or a smaller scale"
             )
-        return Result(data, CONTENT_TYPES[job.format], job.format, job.target[0], job.target[1])
+        headers = {} if job.denoise is None else {"X-Enhance-Denoise": f"{job.denoise:g}"}
+        return Result(
+            data, CONTENT_TYPES[job.format], job.format, job.target[0], job.target[1], headers
+        )
 
     # -- conveniences ----------------------------------------------------------------------------
 
@@ -353,8 +437,16 @@ class Enhancer:
             logger.exception("encoding a result failed")
             return InternalError()
 
-    def upscale(self, rgb: torch.Tensor, scale: float, *, tile: int | None = None) -> torch.Tensor:
-        """Enhance a float RGB tensor (3, H, W) in [0, 1] by ``scale``, as the service does.
+    def upscale(
+        self,
+        rgb: torch.Tensor,
+        scale: float,
+        *,
+        tile: int | None = None,
+        denoise: float | None = None,
+    ) -> torch.Tensor:
+        """Enhance a float RGB tensor (3, H, W) in [0, 1] by ``scale``, as the service does
+        (``denoise``: as the option, for an engine with a clean/restore family).
 
         Returns:
             float32 (3, round(scale*H), round(scale*W)) in [0, 1], on the CPU.
@@ -363,7 +455,8 @@ class Enhancer:
             raise ValueError(f"expected a (3, H, W) tensor, got {tuple(rgb.shape)}")
         height, width = rgb.shape[1:]
         plan = plan_passes(width, height, scale)
+        options = Options(scale=scale, tile=tile, denoise=denoise)
         (out,) = self._enhance(
-            [rgb.to(self.device, torch.float32)], [plan], [Options(scale=scale, tile=tile)]
+            [rgb.to(self.device, torch.float32)], [plan], [options], [self._denoise_level(options)]
         )
         return out.cpu()

@@ -1,4 +1,5 @@
-"""Request options: parse and check ``scale``, ``format``, ``quality``, ``tile`` and ``strength``.
+"""Request options: parse and check ``scale``, ``format``, ``quality``, ``tile``, ``strength`` and
+``denoise``.
 
 The names and formats are the contract's (``enhancer.contract``); how they arrive (form fields,
 headers) is the adapters' business (``enhancer.serving``). Anything unknown is an error that names
@@ -29,6 +30,8 @@ class Options:
         quality: 1-100 for jpeg and webp; None means the service default. Ignored for png.
         tile: tile side in input pixels, or None for the model card's.
         strength: 0-1; the result is ``strength * model + (1 - strength) * plain resize``.
+        denoise: 0-1, between the clean (0) and restore (1) models of a family (family.py);
+            None for the service default.
     """
 
     scale: float = 2.0
@@ -36,6 +39,7 @@ class Options:
     quality: int | None = None
     tile: int | None = None
     strength: float = 1.0
+    denoise: float | None = None
 
 
 def _text(name: str, value: object) -> str:
@@ -121,6 +125,12 @@ def parse_options(
         if not 0.0 <= strength <= 1.0:
             raise OptionError("strength", f"{text['strength'][:40]} is out of range: use 0 to 1")
         kwargs["strength"] = strength
+
+    if "denoise" in text:
+        denoise = float(_number("denoise", text["denoise"], float))
+        if not 0.0 <= denoise <= 1.0:
+            raise OptionError("denoise", f"{text['denoise'][:40]} is out of range: use 0 to 1")
+        kwargs["denoise"] = denoise
 
     return Options(**kwargs)  # type: ignore[arg-type]
 

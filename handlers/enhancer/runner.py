@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 
@@ -74,6 +75,9 @@ class ModelRunner:
         device: where to run.
         precision: "auto" or a dtype name (see ``pick_precision``).
         backend: "auto", "torchscript" or "openvino": how float32 runs on a CPU (backends.py).
+        module: the TorchScript module itself, when it is not the file's (a blend of two models,
+            family.py); ``model_path`` then names where its backend conversion is cached.
+        digest: the key of that conversion cache (default: the card's sha256).
 
     Attributes:
         model: what float32 batches run on: the TorchScript module, or the faster CPU backend's
@@ -88,15 +92,21 @@ class ModelRunner:
         device: torch.device,
         precision: str = "auto",
         backend: str = "auto",
+        *,
+        module: torch.jit.ScriptModule | None = None,
+        digest: str | None = None,
     ):
         self.card = card
         self.device = device
-        self.model = torch.jit.load(str(model_path), map_location=device).eval()
+        if module is None:
+            module = torch.jit.load(str(model_path), map_location=device)
+        self.model = module.to(device).eval()
+        source = self.model
         self.dtype = pick_precision(precision, card, device)
         self.backend = "torchscript"
         if device.type == "cpu" and self.dtype == torch.float32:
             threads = torch.get_num_threads()
-            fast = fast_cpu_model(backend, Path(model_path), card, self.model, threads)
+            fast = fast_cpu_model(backend, Path(model_path), card, self.model, threads, digest)
             if fast is not None:
                 self.model, self.backend = fast, fast.name
         elif backend == "openvino":
@@ -107,7 +117,7 @@ class ModelRunner:
         self._half = None
         if self.dtype != torch.float32:
             # a second copy in half precision; the float32 one stays for the guard's reruns
-            self._half = torch.jit.load(str(model_path), map_location=device).eval().to(self.dtype)
+            self._half = copy.deepcopy(source).to(self.dtype)
             if self.channels_last:
                 self._half = self._half.to(memory_format=torch.channels_last)
         self._bad = torch.zeros((), dtype=torch.bool, device=device)

@@ -30,6 +30,8 @@ class EnhancerSettings:
         backend: how float32 runs on a CPU: "auto" (OpenVINO when installed and it matches
             TorchScript's output at load, else TorchScript with a log line), "torchscript", or
             "openvino" (refuses to start when it cannot be used). See backends.py.
+        denoise: the ``denoise`` level of a request that does not set one, when a clean/restore
+            family is served (snapped to the nearest precomputed level, family.py).
         jpeg_quality, webp_quality: defaults of the ``quality`` option.
         png_compress_level: zlib level for PNG output (0-9); 3: far faster than 6, nearly as small.
     """
@@ -44,6 +46,7 @@ class EnhancerSettings:
     precision: str = "auto"
     cpu_threads: int = 0
     backend: str = "auto"
+    denoise: float = 0.5
     jpeg_quality: int = 92
     webp_quality: int = 90
     png_compress_level: int = 3
@@ -101,6 +104,8 @@ class EnhancerSettings:
             raise ValueError("settings: 'max_scale' must be in [1, 16]")
         if self.precision not in PRECISIONS:
             raise ValueError(f"settings: 'precision' must be one of {PRECISIONS}")
+        if not 0.0 <= self.denoise <= 1.0:
+            raise ValueError("settings: 'denoise' must be in [0, 1]")
         if self.backend not in BACKENDS:
             raise ValueError(f"settings: 'backend' must be one of {BACKENDS}")
         if self.cpu_threads < 0:

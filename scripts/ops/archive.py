@@ -19,7 +19,8 @@ import zipfile
 from pathlib import Path
 
 from enhancer.card import ModelCard, file_sha256
-from enhancer.contract import MODEL_NAME
+from enhancer.contract import MODEL_NAME, RESTORE_FILE
+from enhancer.family import check_family
 from scripts.ops.paths import DEFAULT_MODEL, HANDLER, HANDLERS, MODEL_CONFIG, MODEL_STORE, PACKAGE
 
 __all__ = [
@@ -79,6 +80,7 @@ def is_stale(
     name: str = MODEL_NAME,
     version: str | None = None,
     config_file: Path = MODEL_CONFIG,
+    restore: Path | None = None,
 ) -> bool:
     """Whether ``mar`` must be (re)built for ``model``.
 
@@ -88,6 +90,8 @@ def is_stale(
     """
     model, config_file = Path(model), Path(config_file)
     inputs = archive_inputs(model, config_file)
+    if restore is not None:
+        inputs = [*inputs, Path(restore), Path(restore).with_suffix(".json")]
     if not mar.exists() or any(path.stat().st_mtime > mar.stat().st_mtime for path in inputs):
         return True
     try:
@@ -102,9 +106,16 @@ def is_stale(
                 return True
             if any(
                 archive.read(member_name(path)) != path.read_bytes()
-                for path in inputs
+                for path in archive_inputs(model, config_file)
                 if path != model
             ):
+                return True
+            # the restore model ships as restore.pt + restore.json; its card covers the .pt
+            members = set(archive.namelist())
+            if restore is None:
+                if RESTORE_FILE in members:
+                    return True
+            elif archive.read("restore.json") != Path(restore).with_suffix(".json").read_bytes():
                 return True
             # a module removed from the package must leave the archive too
             shipped = {n for n in archive.namelist() if n.startswith(f"{PACKAGE.name}/")}
@@ -142,6 +153,7 @@ def build_archive(
     config_file: Path = MODEL_CONFIG,
     store: bool = False,
     force: bool = False,
+    restore: Path | None = None,
 ) -> Path:
     """Build ``<export_path>/<name>.mar`` unless it is newer than all of its inputs.
 
@@ -153,6 +165,8 @@ def build_archive(
         config_file: the per-model TorchServe config (batch size, timeouts, ``handler:`` limits).
         store: store files uncompressed (a TorchScript file hardly compresses; faster to build).
         force: rebuild even when the archive is up to date.
+        restore: a ``restore`` model of the same family (card beside it): shipped as restore.pt,
+            it makes the served model a clean/restore pair with the ``denoise`` option.
 
     Returns:
         The path of the .mar.
@@ -164,10 +178,18 @@ def build_archive(
     config_file = Path(config_file).resolve()
     export_path = Path(export_path).resolve()
     card = load_verified_card(model)
+    if restore is not None:
+        restore = Path(restore).resolve()
+        try:
+            check_family(card, load_verified_card(restore))
+        except ValueError as error:
+            raise ArchiveError(str(error)) from None
     if not config_file.is_file():
         raise ArchiveError(f"{config_file} not found")
     mar = export_path / f"{name}.mar"
-    if not force and not is_stale(mar, model, name=name, version=version, config_file=config_file):
+    if not force and not is_stale(
+        mar, model, name=name, version=version, config_file=config_file, restore=restore
+    ):
         return mar
     export_path.mkdir(parents=True, exist_ok=True)
     archiver = shutil.which(
@@ -199,6 +221,12 @@ def build_archive(
     ]
     with tempfile.TemporaryDirectory(prefix="enhancer-archive-") as scratch:
         extra = f"{stage_package(Path(scratch))},{model.with_suffix('.json')}"
+        if restore is not None:
+            pair = Path(scratch) / "restore"
+            pair.mkdir()
+            shutil.copy(restore, pair / RESTORE_FILE)
+            shutil.copy(restore.with_suffix(".json"), pair / "restore.json")
+            extra += f",{pair / RESTORE_FILE},{pair / 'restore.json'}"
         command = [extra if part == "{extra}" else part for part in command]
         done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:

@@ -23,6 +23,7 @@ class FakeContext:
         self.headers = headers or []
         self.statuses: dict[int, tuple[int, str]] = {}
         self.content_types: dict[int, str] = {}
+        self.response_headers: dict[int, dict[str, str]] = {}
         self.metrics = _FakeMetrics()
 
     def get_all_request_header(self, idx: int) -> dict:
@@ -36,6 +37,9 @@ class FakeContext:
 
     def set_response_content_type(self, idx: int, value: str) -> None:
         self.content_types[idx] = value
+
+    def set_response_header(self, idx: int, key: str, value: str) -> None:
+        self.response_headers.setdefault(idx, {})[key] = value
 
 
 class _FakeMetrics:

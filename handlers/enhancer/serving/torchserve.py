@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 import enhancer
-from enhancer.contract import OPTION_HEADER_PREFIX, OPTION_NAMES
+from enhancer.contract import OPTION_HEADER_PREFIX, OPTION_NAMES, RESTORE_FILE
 from enhancer.engine import Enhancer, configure_cpu_threads
 from enhancer.errors import BadRequest, OptionError
 from enhancer.settings import EnhancerSettings
@@ -54,7 +54,11 @@ def load_engine(context: Any) -> tuple[Enhancer, EnhancerSettings, torch.device]
     # installed one. tests/test_torchserve_e2e.py reads this line.
     logger.info("engine package: %s", Path(enhancer.__file__).parent)
     model_path = model_dir / context.manifest["model"]["serializedFile"]
-    engine = Enhancer.load(model_path, device=device, settings=settings)
+    # A restore model shipped beside the archive's model makes a clean/restore family: the
+    # ``denoise`` option moves between them (family.py; scripts.archive --restore).
+    restore = model_dir / RESTORE_FILE
+    restore = restore if restore.exists() and restore != model_path else None
+    engine = Enhancer.load(model_path, device=device, settings=settings, restore_path=restore)
     return engine, settings, device
 
 
