@@ -129,3 +129,11 @@ def test_backend_setting_is_checked():
     with pytest.raises(ValueError, match="'backend' must be one of"):
         EnhancerSettings.from_mapping({"backend": "tensorrt"})
     assert EnhancerSettings.from_mapping({"backend": "torchscript"}).backend == "torchscript"
+
+
+def test_openvino_runs_dynamic_models_at_its_own_tile(fresh_sr):
+    assert load(fresh_sr, "auto").tile == 512
+    assert load(fresh_sr, "auto", openvino_tile=0).tile == 32  # the card's
+    assert load(fresh_sr, "torchscript").tile == 32
+    with pytest.raises(ValueError, match="openvino_tile"):
+        EnhancerSettings.from_mapping({"openvino_tile": 4})

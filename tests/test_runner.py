@@ -111,7 +111,8 @@ def test_out_of_memory_splits_batches(sr_model):
 
 
 def test_out_of_memory_shrinks_tiles_of_dynamic_models(sr_model):
-    enhancer = Enhancer.load(sr_model, settings=EnhancerSettings(tile_batch_cpu=1))
+    # from the card's 32 tile (OpenVINO would start at 512, a window holding the whole image)
+    enhancer = Enhancer.load(sr_model, settings=EnhancerSettings(tile_batch_cpu=1, openvino_tile=0))
     image = torch.rand(3, 60, 60)
     expected = enhancer.upscale(image, 2)
     limited = LimitedModel(enhancer.runner.model, max_pixels=16 * 16)

@@ -135,6 +135,11 @@ class Enhancer:
         self.default_denoise = snap(settings.denoise, tuple(self.levels)) if self.levels else None
         if self.levels:
             self.runner = self.levels[self.default_denoise]
+        # The tile a request runs at unless it sets one: the card's, or for a dynamic model on
+        # OpenVINO the larger tile that backend is fastest at (fewer, bigger calls).
+        self.tile = card.tile
+        if self.runner.backend == "openvino" and card.dynamic and settings.openvino_tile:
+            self.tile = max(card.tile, settings.openvino_tile // card.multiple * card.multiple)
         self.device = runner.device
         self.batch_size = (
             settings.tile_batch_gpu if self.device.type == "cuda" else settings.tile_batch_cpu
@@ -288,7 +293,7 @@ class Enhancer:
             active = [i for i, plan in enumerate(plans) if index < len(plan)]
             groups: dict[tuple[int, float | None], list[int]] = {}
             for i in active:
-                groups.setdefault((options[i].tile or self.card.tile, levels[i]), []).append(i)
+                groups.setdefault((options[i].tile or self.tile, levels[i]), []).append(i)
             for (tile, level), members in groups.items():
                 inputs = []
                 for i in members:

@@ -30,6 +30,8 @@ class EnhancerSettings:
         backend: how float32 runs on a CPU: "auto" (OpenVINO when installed and it matches
             TorchScript's output at load, else TorchScript with a log line), "torchscript", or
             "openvino" (refuses to start when it cannot be used). See backends.py.
+        openvino_tile: the default tile for a dynamic model on OpenVINO (0: the card's tile); 512
+            ran 1.1x faster than the card's 256 there (BENCHMARKS.md).
         denoise: the ``denoise`` level of a request that does not set one, when a clean/restore
             family is served (snapped to the nearest precomputed level, family.py).
         jpeg_quality, webp_quality: defaults of the ``quality`` option.
@@ -46,6 +48,7 @@ class EnhancerSettings:
     precision: str = "auto"
     cpu_threads: int = 0
     backend: str = "auto"
+    openvino_tile: int = 512
     denoise: float = 0.5
     jpeg_quality: int = 92
     webp_quality: int = 90
@@ -104,6 +107,8 @@ class EnhancerSettings:
             raise ValueError("settings: 'max_scale' must be in [1, 16]")
         if self.precision not in PRECISIONS:
             raise ValueError(f"settings: 'precision' must be one of {PRECISIONS}")
+        if self.openvino_tile and not 16 <= self.openvino_tile <= self.max_tile:
+            raise ValueError("settings: 'openvino_tile' must be 0 or from 16 to max_tile")
         if not 0.0 <= self.denoise <= 1.0:
             raise ValueError("settings: 'denoise' must be in [0, 1]")
         if self.backend not in BACKENDS:

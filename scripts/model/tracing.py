@@ -146,7 +146,8 @@ def seam_error(pt: Path, card_path: Path, eager, image: str) -> float:
     x = torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0).permute(2, 0, 1)
     card = enh.card
     # one pass: 2x for a scale-2 model, a same-size restoring pass for a scale-1 model
-    tiled = enh.upscale(x, float(card.scale))
+    # at the card's tile: the most seams any backend serves with (OpenVINO defaults to larger)
+    tiled = enh.upscale(x, float(card.scale), tile=card.tile)
     # one window holding the whole image: the engine's padding, no seams anywhere
     side = max(x.shape[1:]) + 2 * card.overlap
     big = -(-side // card.multiple) * card.multiple
