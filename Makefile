@@ -75,7 +75,7 @@ finetune: setup-dev
 # Seconds: a tiny model on CPU, to check the pipeline.
 train-tiny: setup-dev
 	$(PY) scripts/train.py --out runs/tiny --data $(DATA)/train --nf 8,16 --blocks 1,1 --epochs 2 \
-		--iters 4 --bs 4 --sizes 16 --valid-n 4
+		--iters 4 --bs 4 --sizes 16 --val-every 4
 
 # Trace $(RUN)/model.pth into model_store/enhancer.pt + card; proves the trace and measures seams.
 export: setup-dev
