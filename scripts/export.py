@@ -35,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "handlers"))
 from card import ModelCard, file_sha256  # noqa: E402
-from scripts.unet import CompactUNet, ContractWrapper, dynamic_unet  # noqa: E402
+from scripts.unet import ContractWrapper, build_model, dynamic_unet  # noqa: E402
 
 
 class ExportError(Exception):
@@ -65,7 +65,11 @@ def load_model(args) -> tuple[torch.nn.Module, str, dict]:
         ckpt = torch.load(args.weights, map_location="cpu", weights_only=False)
         arch, cfg = ckpt["arch"], ckpt["config"]
         if arch == "compact":
-            model = CompactUNet(tuple(cfg["nf"]), tuple(cfg["blocks"]), cfg.get("scale", 2))
+            model = build_model(arch, cfg)
+            model.load_state_dict(ckpt["model"])
+            # re-parameterised convs fold into plain 3x3 convs: the traced model is a plain U-Net
+            model.fuse()
+            return model, arch, model.config()
         else:
             net = dynamic_unet(
                 cfg["body"], args.tile, cfg.get("self_attention", False), cfg.get("blur", True)
