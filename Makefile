@@ -58,7 +58,7 @@ docker-cuda:
 	docker build --build-arg VARIANT=cuda -t $(IMAGE):cuda .
 
 # -- Train, export, evaluate (README "Train, export, evaluate") -----------------------------------
-.PHONY: train finetune train-tiny export evaluate
+.PHONY: train finetune train-tiny train-clean train-clean-status train-clean-snapshot export evaluate
 DATA ?= ../shared/data
 RUN ?= runs/default
 EVAL_SETS ?= $(DATA)/eval/set5 $(DATA)/eval/set14 $(DATA)/eval/b100 $(DATA)/eval/kodak24
@@ -66,6 +66,19 @@ EVAL_SETS ?= $(DATA)/eval/set5 $(DATA)/eval/set14 $(DATA)/eval/b100 $(DATA)/eval
 # The shipped default's recipe (scripts/train.py's defaults), at low priority: hours on 2 CPU cores.
 train: setup-dev
 	nice -n 10 $(PY) scripts/train.py --out $(RUN) --data $(DATA)/train $(TRAIN_ARGS)
+
+# The long `clean` run (issue 8; runs/clean/README.md): start or resume it in the background at
+# nice 19 in $(CLEAN_RUN) (default ../runs/clean), seeded from the committed runs/clean/ snapshot
+# when that is further along. It survives the session; snapshot it before the session ends.
+train-clean: setup-dev
+	scripts/train_clean.sh start
+
+train-clean-status:
+	scripts/train_clean.sh status
+
+# Copy the run's checkpoint, curve and settings into runs/clean/ for committing.
+train-clean-snapshot:
+	scripts/train_clean.sh snapshot
 
 # Stage 2 of the shipped default: fine-tune $(RUN)/model.pth with larger crops and more JPEG.
 finetune: setup-dev

@@ -7,10 +7,8 @@ end of every ``--iters``-step epoch), and appends a learning curve (Y-PSNR on a 
 subset, against pixels seen and CPU-seconds) to ``<out>/curve.csv``.
 
 The long ``clean`` run (bicubic pairs plus mild degradations; several working sessions on 2 CPU
-cores, resumed with ``make train-clean``; see runs/clean/README.md):
-
-    nice -n 19 .venv/bin/python scripts/train.py --out /work/runs/clean --nf 40,80,160 \
-        --blocks 3,1,2 --rep --budget-gpx 12 --schedule flat-cos --bs 16 --sizes 64 ...
+cores) is started and resumed by ``scripts/train_clean.sh start`` (``make train-clean``), which
+holds its exact settings; runs/clean/README.md has its numbers and curve.
 
 The shipped default (compact scale-2 U-Net, L1 + frequency loss, half plain-bicubic pairs), as it
 was run on 2 shared CPU cores (bf16 autocast + channels_last, one thread of two):
@@ -30,9 +28,10 @@ with the feature loss (bring VGG16-BN weights; nothing is downloaded), 4x pairs 
     .venv/bin/python scripts/train.py --out runs/dunet --arch dynamic_unet --body resnet34 \
         --factor 4 --sizes 32,64 --bs 32 --epochs 20 --iters 500 --vgg-weights vgg16_bn.pth
 
-Writes ``<out>/model.pth`` (weights + arch config) at the end, ``<out>/args.yaml`` (every setting, so
-``scripts/export.py`` can rebuild the same module), ``<out>/ckpt.pth`` every epoch (``--resume``),
-``<out>/ckpt_NNN.pth`` (weights only) every ``--keep-every`` epochs, and ``<out>/curve.csv``.
+Writes ``<out>/model.pth`` (weights + arch config) at the end, ``<out>/args.yaml`` (every setting,
+so ``scripts/export.py`` can rebuild the same module), ``<out>/ckpt.pth`` every epoch
+(``--resume``), ``<out>/ckpt_NNN.pth`` (weights only) every ``--keep-every`` epochs, and
+``<out>/curve.csv``.
 """
 
 from __future__ import annotations
@@ -179,6 +178,12 @@ ap.add_argument(
     default="auto",
     choices=("auto", "fp32", "bf16", "fp16"),
     help="auto: fp16 mixed precision on GPU, bf16 autocast on a CPU that has it, else fp32",
+)
+ap.add_argument(
+    "--channels-last",
+    action=argparse.BooleanOptionalAction,
+    default=True,
+    help="NHWC weights and activations (oneDNN's fast path)",
 )
 ap.add_argument(
     "--compile", action="store_true", help="torch.compile the model (measure first: see README)"
@@ -524,7 +529,19 @@ class Budget(Callback):
         atomic_save(ckpt, out / "ckpt.pth")
         if (self.epoch + 1) % args.keep_every == 0:
             torch.save(
-                {k: ckpt[k] for k in ("model", "arch", "config", "epoch", "pixels", "steps")},
+                {
+                    k: ckpt[k]
+                    for k in (
+                        "model",
+                        "arch",
+                        "config",
+                        "epoch",
+                        "pixels",
+                        "steps",
+                        "cpu_s",
+                        "wall_s",
+                    )
+                },
                 out / f"ckpt_{self.epoch + 1:03d}.pth",
             )
         # the Recorder keeps a value per step: over a run of days that adds up
@@ -544,7 +561,8 @@ class CPUAutocast(Callback):
     def before_batch(self):
         self.ctx = torch.autocast("cpu", dtype=torch.bfloat16)
         self.ctx.__enter__()
-        self.learn.xb = tuple(x.contiguous(memory_format=torch.channels_last) for x in self.xb)
+        if args.channels_last:
+            self.learn.xb = tuple(x.contiguous(memory_format=torch.channels_last) for x in self.xb)
 
     def after_pred(self):
         self.ctx.__exit__(None, None, None)
@@ -593,17 +611,19 @@ learn = Learner(
     cbs=cbs,
 )
 learn.remove_cb(ProgressCallback)  # plain printed lines: this runs under nohup into a log
-learn.model.to(memory_format=torch.channels_last)
+if args.channels_last:
+    learn.model.to(memory_format=torch.channels_last)
 if precision == "bf16" and device.type == "cpu":
     learn.add_cb(CPUAutocast())
 else:
-    learn.add_cb(ChannelsLast())
+    if args.channels_last:
+        learn.add_cb(ChannelsLast())
     if precision == "fp16":
         learn.to_fp16()
     elif precision == "bf16":
         learn.to_bf16()
 if args.compile:
-    learn.model = torch.compile(learn.model)
+    learn.model.compile()  # in place: state_dict keys stay as they are
 
 # ------------------------------------------------------------------------------------------ fit
 start_epoch = 0
