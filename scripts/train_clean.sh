@@ -66,14 +66,14 @@ c = torch.load(sys.argv[1], weights_only=False)
 print(f\"checkpoint: epoch {c['epoch']}, step {c['steps']}, {c['pixels'] / 1e9:.3f} of \"
       f\"{c['budget'] / 1e9:.1f} G px, {c['cpu_s'] / 3600:.2f} CPU-h, {c['wall_s'] / 3600:.2f} h\")" \
         "$RUN/ckpt.pth"
-    [ -f "$RUN/curve.csv" ] && { head -n 1 "$RUN/curve.csv"; tail -n 5 "$RUN/curve.csv"; }
+    [ -f "$RUN/curve.csv" ] && { head -n 1 "$RUN/curve.csv"; tail -n +2 "$RUN/curve.csv" | tail -n 5; }
     ;;
 snapshot)
     [ -f "$RUN/ckpt.pth" ] || { echo "no checkpoint in $RUN"; exit 1; }
     mkdir -p "$SNAP"
     cp "$RUN/ckpt.pth" "$SNAP/ckpt.pth.tmp" && mv "$SNAP/ckpt.pth.tmp" "$SNAP/ckpt.pth"
     cp "$RUN/curve.csv" "$RUN/args.yaml" "$SNAP/"
-    echo "snapshot of step $(steps_of "$SNAP/ckpt.pth") in $SNAP: git add -f $SNAP && git commit"
+    echo "snapshot of step $(steps_of "$SNAP/ckpt.pth") in $SNAP: git add $SNAP && git commit"
     ;;
 stop)
     if running; then kill "$(cat "$RUN/train.pid")" && echo "stopped pid $(cat "$RUN/train.pid")"; fi
