@@ -115,6 +115,9 @@ def test_stopped_and_resumed_equals_uninterrupted(tmp_path, photos):
     assert not (parts / "model.pth").exists()
     train(parts, photos, *common, "--resume", "--stop-after", "6")
     assert torch.load(parts / "ckpt.pth", weights_only=False)["epoch"] == 1
+    # as if killed mid-epoch: a curve point written after the checkpoint is dropped on resume
+    with open(parts / "curve.csv", "a") as f:
+        f.write("99999,7,2,1.0,1.0,0.5,1e-4,10.0,10.0\n")
     train(parts, photos, *common, "--resume")
     a = torch.load(whole / "model.pth", weights_only=False)
     b = torch.load(parts / "model.pth", weights_only=False)
