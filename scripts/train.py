@@ -110,10 +110,16 @@ ap.add_argument(
     "--factor", type=int, default=2, choices=(2, 4), help="downscale factor of the pairs"
 )
 ap.add_argument(
+    "--second-order",
+    action="store_true",
+    help="degrade with crappify.RESTORE, the second-order model (for the restore model), "
+    "instead of the first-order crappify.TRAIN mix",
+)
+ap.add_argument(
     "--p-clean",
     type=float,
-    default=crappify.TRAIN.p_clean,
-    help="share of pairs made by plain PIL bicubic downscaling (the rest: real-world mix)",
+    help="share of pairs made by plain PIL bicubic downscaling (the rest: the degradation mix); "
+    f"default {crappify.TRAIN.p_clean} (first order), {crappify.RESTORE.p_clean} (second order)",
 )
 ap.add_argument(
     "--text", type=float, default=0.0, help="share of pairs with the course's text overlay"
@@ -123,7 +129,8 @@ ap.add_argument(
     action="append",
     default=[],
     metavar="FIELD=VALUE",
-    help="override a crappify.Degradation field, e.g. p_jpeg=0.9 or noise_sigma=1,15 (repeatable)",
+    help="override a field of the degradation mix (crappify.Degradation, or SecondOrder with "
+    "--second-order), e.g. p_jpeg=0.9 or noise_sigma=1,15 (repeatable)",
 )
 ap.add_argument(
     "--budget-gpx",
@@ -208,6 +215,8 @@ ap.add_argument(
     help="leave after the first checkpoint at or past this many steps (0: never), as if stopped",
 )
 args = ap.parse_args()
+if args.p_clean is None:
+    args.p_clean = (crappify.RESTORE if args.second_order else crappify.TRAIN).p_clean
 
 out = Path(args.out)
 out.mkdir(parents=True, exist_ok=True)
@@ -243,10 +252,11 @@ else:
     images = crappify.load_images(args.data)
     train_images = [im for k, im in enumerate(images) if k % 20]  # every 20th held out
     data_name = args.data
-degradation = dataclasses.replace(crappify.TRAIN, p_clean=args.p_clean, p_text=args.text)
+base = crappify.RESTORE if args.second_order else crappify.TRAIN
+degradation = dataclasses.replace(base, p_clean=args.p_clean, p_text=args.text)
 for spec in args.degrade:
     field, _, value = spec.partition("=")
-    default = getattr(crappify.TRAIN, field)  # AttributeError names an unknown field
+    default = getattr(base, field)  # AttributeError names an unknown field
     kind = type(default[0]) if isinstance(default, tuple) else type(default)
     parsed = tuple(kind(v) for v in value.split(",")) if isinstance(default, tuple) else kind(value)
     degradation = dataclasses.replace(degradation, **{field: parsed})
@@ -585,16 +595,20 @@ plan_key = {
     in (
         "arch", "nf", "blocks", "dec_blocks", "rep", "factor", "p_clean", "text", "degrade",
         "iters", "bs", "sizes", "lr", "schedule", "pct_start", "cos_start", "seed", "pack",
-        "fft_weight",
+        "fft_weight", "second_order",
     )
 }  # fmt: skip
 state = None
 if args.resume:
     state = torch.load(out / "ckpt.pth", map_location=device, weights_only=False)
-    if state.get("plan") and state["plan"] != plan_key:
-        diff = {
-            k: (state["plan"].get(k), v) for k, v in plan_key.items() if state["plan"].get(k) != v
-        }
+    saved = state.get("plan", plan_key)
+    # a setting newer than the checkpoint passes at its default (what the run had then)
+    diff = {
+        k: (saved.get(k, "(not set)"), v)
+        for k, v in plan_key.items()
+        if (saved[k] != v if k in saved else v != ap.get_default(k))
+    }
+    if diff:
         raise SystemExit(f"--resume with other settings than the checkpoint's: {diff}")
     model.load_state_dict(state["model"])
 budget_cb = Budget(state)

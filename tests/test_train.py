@@ -152,7 +152,7 @@ def test_budget_sets_the_plan_and_resume_checks_settings(tmp_path, photos):
     assert "other settings" in failed["stderr"] and "lr" in failed["stderr"]
 
 
-def test_packed_crops(tmp_path, photos):
+def test_packed_crops_and_second_order_pairs(tmp_path, photos):
     packed = tmp_path / "crops.npy"
     done = subprocess.run(
         [sys.executable, str(ROOT / "scripts" / "pack_data.py"), "--data", str(photos),
@@ -169,9 +169,12 @@ def test_packed_crops(tmp_path, photos):
     assert np.array_equal(pack(images, 64, 100_000, seed=3), pack(images, 64, 100_000, seed=3))
     settings = train(
         tmp_path / "run", photos, *TINY, "--pack", str(packed), "--epochs", "2", "--iters", "2",
-        "--sizes", "16", "--val-every", "4",
+        "--sizes", "16", "--val-every", "4", "--second-order", "--degrade", "jpeg_quality=20,40",
     )  # fmt: skip
     assert settings["steps"] == 4 and settings["pack"] == str(packed)
+    # the restore model's mix: the second-order model, no clean pairs unless asked
+    assert settings["degradation"]["p_final_sinc"] == 0.8 and settings["p_clean"] == 0.0
+    assert settings["degradation"]["jpeg_quality"] == [20, 40]
 
 
 def test_rep_convs_fold_into_plain_convs():
