@@ -52,6 +52,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from scripts import crappify  # noqa: E402
+from scripts.checkpoint import atomic_save, restore_dtypes  # noqa: E402
 from scripts.evaluate import psnr as psnr_db  # noqa: E402
 from scripts.evaluate import rgb_to_y, shave  # noqa: E402
 from scripts.feature_loss import FeatureLoss, PixelFreqLoss, pool_block_ends, vgg16_features  # noqa: E402
@@ -423,13 +424,6 @@ def set_rng_states(st: dict) -> None:
     random.setstate(st["python"])
 
 
-def atomic_save(obj, path: Path) -> None:
-    """Write to a temporary file, then rename: a stop mid-write never leaves a torn file."""
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 class Budget(Callback):
     """Drives the run by pixels seen: sets each epoch's patch size and data position, the learning
     rate before every step; counts pixels, steps and CPU-seconds; appends the learning curve;
@@ -644,6 +638,7 @@ start_epoch = 0
 if state is not None:
     learn.create_opt()
     learn.opt.load_state_dict(state["opt"])
+    restore_dtypes(learn.opt)  # a compact (committed) checkpoint keeps Adam's moments in bf16
     set_rng_states(state["rng"])
     start_epoch = state["epoch"] + 1
     # curve points written after this checkpoint belong to the lost stretch: drop them

@@ -5,7 +5,7 @@
 #
 #   scripts/train_clean.sh start      # resume (or start) in the background: make train-clean
 #   scripts/train_clean.sh status     # running? pixels seen, the learning curve's last points
-#   scripts/train_clean.sh snapshot   # copy ckpt.pth, curve.csv, args.yaml into runs/clean/ (commit them)
+#   scripts/train_clean.sh snapshot   # ckpt.pth (compact), curve.csv, args.yaml into runs/clean/
 #   scripts/train_clean.sh stop       # stop it (the last checkpoint stays; start resumes exactly)
 #
 # The working run folder is $CLEAN_RUN (default ../runs/clean: beside the checkout, outside git).
@@ -71,7 +71,8 @@ print(f\"checkpoint: epoch {c['epoch']}, step {c['steps']}, {c['pixels'] / 1e9:.
 snapshot)
     [ -f "$RUN/ckpt.pth" ] || { echo "no checkpoint in $RUN"; exit 1; }
     mkdir -p "$SNAP"
-    cp "$RUN/ckpt.pth" "$SNAP/ckpt.pth.tmp" && mv "$SNAP/ckpt.pth.tmp" "$SNAP/ckpt.pth"
+    # the compact copy (Adam moments in bf16, about 2/3 of the size): see scripts/checkpoint.py
+    "$PY" scripts/checkpoint.py compact "$RUN/ckpt.pth" "$SNAP/ckpt.pth"
     cp "$RUN/curve.csv" "$RUN/args.yaml" "$SNAP/"
     echo "snapshot of step $(steps_of "$SNAP/ckpt.pth") in $SNAP: git add $SNAP && git commit"
     ;;

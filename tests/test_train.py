@@ -113,14 +113,30 @@ def test_stopped_and_resumed_equals_uninterrupted(tmp_path, photos):
     train(parts, photos, *common, "--stop-after", "2")
     assert torch.load(parts / "ckpt.pth", weights_only=False)["steps"] == 3
     assert not (parts / "model.pth").exists()
+    # the compact copy committed to the repository (Adam moments in bf16) resumes closely
+    compact = tmp_path / "compact"
+    compact.mkdir()
+    from scripts.checkpoint import atomic_save
+    from scripts.checkpoint import compact as compact_ckpt
+
+    small = compact_ckpt(torch.load(parts / "ckpt.pth", weights_only=False))
+    assert small["opt"]["state"][0]["sqr_avg"].dtype == torch.bfloat16
+    atomic_save(small, compact / "ckpt.pth")
+    (compact / "curve.csv").write_text((parts / "curve.csv").read_text())
     train(parts, photos, *common, "--resume", "--stop-after", "6")
     assert torch.load(parts / "ckpt.pth", weights_only=False)["epoch"] == 1
     # as if killed mid-epoch: a curve point written after the checkpoint is dropped on resume
     with open(parts / "curve.csv", "a") as f:
         f.write("99999,7,2,1.0,1.0,0.5,1e-4,10.0,10.0\n")
     train(parts, photos, *common, "--resume")
+    train(compact, photos, *common, "--resume")
     a = torch.load(whole / "model.pth", weights_only=False)
     b = torch.load(parts / "model.pth", weights_only=False)
+    c = torch.load(compact / "model.pth", weights_only=False)
+    for k in a["model"]:
+        assert torch.allclose(a["model"][k], c["model"][k], atol=3e-4), k
+    c_opt = torch.load(compact / "ckpt.pth", weights_only=False)["opt"]["state"]
+    assert c_opt[0]["sqr_avg"].dtype == torch.float32
     assert a["steps"] == b["steps"] == 9 and a["pixels"] == b["pixels"]
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
