@@ -64,7 +64,8 @@ docker-cuda:
 	docker build --build-arg VARIANT=cuda -t $(IMAGE):cuda .
 
 # -- Train, export, evaluate (README "Train, export, evaluate") -----------------------------------
-.PHONY: train finetune train-tiny export evaluate sheets
+.PHONY: train finetune train-tiny train-clean train-clean-status train-clean-snapshot export evaluate
+.PHONY: sheets
 DATA ?= ../shared/data
 RUN ?= runs/default
 EVAL_SETS ?= $(DATA)/eval/set5 $(DATA)/eval/set14 $(DATA)/eval/b100 $(DATA)/eval/kodak24
@@ -72,6 +73,19 @@ EVAL_SETS ?= $(DATA)/eval/set5 $(DATA)/eval/set14 $(DATA)/eval/b100 $(DATA)/eval
 # The shipped default's recipe (scripts/train.py's defaults), at low priority: hours on 2 CPU cores.
 train: setup-dev
 	nice -n 10 $(PY) -m scripts.train --out $(RUN) --data $(DATA)/train $(TRAIN_ARGS)
+
+# The long `clean` run (issue 8; runs/clean/README.md): start or resume it in the background at
+# nice 19 in $(CLEAN_RUN) (default ../runs/clean), seeded from the committed runs/clean/ snapshot
+# when that is further along. It survives the session; snapshot it before the session ends.
+train-clean: setup-dev
+	scripts/train_clean.sh start
+
+train-clean-status:
+	scripts/train_clean.sh status
+
+# Copy the run's checkpoint, curve and settings into runs/clean/ for committing.
+train-clean-snapshot:
+	scripts/train_clean.sh snapshot
 
 # Stage 2 of the shipped default: fine-tune $(RUN)/model.pth with larger crops and more JPEG.
 finetune: setup-dev
@@ -81,7 +95,7 @@ finetune: setup-dev
 # Seconds: a tiny model on CPU, to check the pipeline.
 train-tiny: setup-dev
 	$(PY) -m scripts.train --out runs/tiny --data $(DATA)/train --nf 8,16 --blocks 1,1 --epochs 2 \
-		--iters 4 --bs 4 --sizes 16 --valid-n 4
+		--iters 4 --bs 4 --sizes 16 --val-every 4
 
 # Trace $(RUN)/model.pth into model_store/enhancer.pt + card; proves the trace and measures seams.
 export: setup-dev

@@ -157,3 +157,121 @@ def test_load_images(tmp_path):
     assert [a.shape for a in images] == [(96, 128, 3), (96, 128, 3), (72, 96, 3)]
     with pytest.raises(FileNotFoundError):
         crappify.load_images([tmp_path / "missing"])
+
+
+# --------------------------------------------------------------------- the second-order model
+
+
+def test_second_order_seed_repeats_and_replays():
+    img = photo(128, 128)
+    a, ops_a = crappify.crappify(img, 2, np.random.default_rng(5), crappify.RESTORE)
+    b, ops_b = crappify.crappify(img, 2, np.random.default_rng(5), crappify.RESTORE)
+    c, ops_c = crappify.crappify(img, 2, np.random.default_rng(6), crappify.RESTORE)
+    assert ops_a == ops_b and np.array_equal(np.asarray(a), np.asarray(b))
+    assert ops_a != ops_c and not np.array_equal(np.asarray(a), np.asarray(c))
+    assert np.array_equal(np.asarray(crappify.apply_recipe(img, ops_a)), np.asarray(a))
+
+
+@pytest.mark.parametrize("factor", [2, 4])
+def test_second_order_structure(factor):
+    """Two rounds, each of its (shuffled) blur/resize/noise then JPEG; then the resize to the
+    pair's size and the final JPEG and sinc; always the pair's size, whatever the rounds did."""
+    img = photo(96, 128)
+    orders, kinds = set(), set()
+    for seed in range(40):
+        low, ops = crappify.crappify(img, factor, np.random.default_rng(seed), crappify.RESTORE)
+        assert low.size == (128 // factor, 96 // factor) and low.mode == "RGB"
+        names = [name for name, _ in ops]
+        end = names.index("resize_to")
+        rounds = names[:end]
+        jpegs = [i for i, n in enumerate(rounds) if n == "jpeg"]
+        assert len(jpegs) == 2 and jpegs[1] == len(rounds) - 1  # each round ends in JPEG
+        first = rounds[: jpegs[0]]
+        orders.add(tuple(n for n in first if n in ("resize", "noise", "poisson")))
+        assert set(names[end + 1 :]) <= {"jpeg", "sinc"} and "jpeg" in names[end + 1 :]
+        kinds |= set(names)
+        for name, p in ops:
+            if name == "jpeg":
+                assert 15 <= p["quality"] <= 95
+    # the order inside a round is shuffled, and every kind of op turns up
+    assert len(orders) >= 3
+    assert {"gaussian_blur", "resize", "noise", "poisson", "jpeg", "sinc"} <= kinds
+
+
+def test_second_order_ops_do_what_they_say():
+    img = photo(96, 128)
+    arr = np.asarray(img, dtype=np.float64)
+    # blur (Gaussian, generalised Gaussian, sinc low-pass) removes fine detail
+    for op in (
+        ("gaussian_blur", {"sigma_x": 1.5, "sigma_y": 1.5, "theta": 0.0}),
+        ("generalized_blur", {"sigma_x": 1.5, "sigma_y": 1.5, "theta": 0.0, "beta": 0.5}),
+        ("generalized_blur", {"sigma_x": 1.5, "sigma_y": 0.5, "theta": 0.7, "beta": 3.0}),
+        ("sinc", {"cutoff": np.pi / 3, "radius": 10}),
+    ):
+        out = crappify.apply_recipe(img, [op])
+        assert out.size == img.size
+        assert laplacian_energy(out) < 0.5 * laplacian_energy(img), op
+    # the sinc filter rings: a step edge overshoots on both sides (a Gaussian never does)
+    step = np.zeros((32, 64, 3), np.uint8)
+    step[:, 32:] = 160
+    step += 40
+    ring = np.asarray(
+        crappify.apply_recipe(Image.fromarray(step), [("sinc", {"cutoff": 1.2, "radius": 10})])
+    ).astype(int)
+    assert ring[16, :, 0].max() > 200 + 3 and ring[16, :, 0].min() < 40 - 3
+    gauss = crappify.apply_recipe(
+        Image.fromarray(step), [("gaussian_blur", {"sigma_x": 2, "sigma_y": 2, "theta": 0})]
+    )
+    assert np.asarray(gauss).max() <= 200 and np.asarray(gauss).min() >= 40
+    # a generalised Gaussian with beta 1 is the Gaussian
+    assert np.allclose(
+        crappify.generalized_gaussian_kernel(1.2, 0.8, 0.3, 1.0),
+        crappify.gaussian_kernel(1.2, 0.8, 0.3),
+        atol=1e-6,
+    )
+    # resize by a scale, and back to the pair's size from the original's
+    small = crappify.apply_recipe(img, [("resize", {"scale": 0.5, "kernel": "box"})])
+    assert small.size == (64, 48)
+    ops = [
+        ("resize", {"scale": 0.3, "kernel": "bilinear"}),
+        ("resize_to", {"factor": 2, "kernel": "bicubic"}),
+    ]
+    assert crappify.apply_recipe(img, ops).size == (64, 48)
+    # Gaussian noise of sigma s: residual std about s levels; grey noise is equal in R, G, B
+    flat = Image.new("RGB", (128, 128), (128, 128, 128))
+    noisy = np.asarray(
+        crappify.apply_recipe(flat, [("noise", {"sigma": 10.0, "gray": False, "seed": 1})])
+    ).astype(float)
+    assert 9 < (noisy - 128).std() < 11
+    grey = np.asarray(
+        crappify.apply_recipe(flat, [("noise", {"sigma": 10.0, "gray": True, "seed": 1})])
+    )
+    assert np.array_equal(grey[..., 0], grey[..., 1]) and np.array_equal(grey[..., 1], grey[..., 2])
+    # Poisson noise grows with brightness (shot noise), grey Poisson is equal in R, G, B
+    dark, bright = Image.new("RGB", (128, 128), (30,) * 3), Image.new("RGB", (128, 128), (220,) * 3)
+    p = ("poisson", {"scale": 1.0, "gray": False, "seed": 2})
+    sd_dark = (np.asarray(crappify.apply_recipe(dark, [p])).astype(float) - 30).std()
+    sd_bright = (np.asarray(crappify.apply_recipe(bright, [p])).astype(float) - 220).std()
+    assert 1.5 * sd_dark < sd_bright
+    pg = ("poisson", {"scale": 1.0, "gray": True, "seed": 2})
+    pg = np.asarray(crappify.apply_recipe(bright, [pg]))
+    assert np.array_equal(pg[..., 0], pg[..., 2]) and pg.std() > 1
+    # JPEG at quality 15 loses much more than at 95 (on a smooth image: the test photo's grain
+    # costs even quality 95 a few levels)
+    img = crappify.apply_recipe(img, [("gaussian_blur", {"sigma_x": 1, "sigma_y": 1, "theta": 0})])
+    arr = np.asarray(img, dtype=np.float64)
+    err = {
+        q: np.abs(np.asarray(crappify.apply_recipe(img, [("jpeg", {"quality": q})])) - arr).mean()
+        for q in (15, 95)
+    }
+    assert err[15] > 2 * err[95]
+
+
+def test_second_order_text_option_and_clean_share():
+    img = photo(128, 128)
+    with_text = dataclasses.replace(crappify.RESTORE, p_text=1.0)
+    _, ops = crappify.crappify(img, 2, np.random.default_rng(0), with_text)
+    assert ops[-1][0] == "text"
+    clean = dataclasses.replace(crappify.RESTORE, p_clean=1.0)
+    low, ops = crappify.crappify(img, 2, np.random.default_rng(0), clean)
+    assert ops == [("downscale", {"factor": 2, "kernel": "bicubic"})]

@@ -1,8 +1,11 @@
-"""A tiny model of each architecture trains a few steps on generated images, and its loss falls.
+"""Training on generated images: a tiny model of each architecture learns, a stopped and resumed run
+equals an uninterrupted one bit for bit, the pixel budget sets the plan, crops pack into one file,
+and re-parameterised convs fold into plain ones.
 
 Runs scripts/train.py as a user would (a subprocess), on a folder of images made here.
 """
 
+import csv
 import subprocess
 import sys
 from pathlib import Path
@@ -31,54 +34,50 @@ def photos(tmp_path_factory) -> Path:
     return folder
 
 
-def train(out: Path, data: Path, *extra: str) -> dict:
+def train(out: Path, data: Path, *extra: str, ok: bool = True) -> dict:
     cmd = [
         sys.executable,
         str(ROOT / "scripts" / "train.py"),
-        "--out",
-        str(out),
-        "--data",
-        str(data),
-        "--valid-n",
-        "4",
-        "--bs",
-        "4",
-        "--log-every",
-        "100",
-        "--threads",
-        "2",
+        "--out", str(out),
+        "--data", str(data),
+        "--val", str(data / "0.png"), str(data / "1.png"),
+        "--bs", "4",
+        "--log-every", "100",
+        "--threads", "2",
         *extra,
-    ]
+    ]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=ROOT)
+    if not ok:
+        assert done.returncode != 0
+        return {"stderr": done.stdout + done.stderr}
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
     return yaml.safe_load((out / "args.yaml").read_text())
+
+
+def curve(out: Path) -> list[dict]:
+    with open(out / "curve.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+TINY = ["--nf", "8,16", "--blocks", "1,1", "--precision", "fp32"]
 
 
 def test_compact_unet_learns(tmp_path, photos):
     # fp32 here: bf16 autocast is only picked on CPUs that have it, and must not change the test
     settings = train(
-        tmp_path,
-        photos,
-        "--nf",
-        "8,16",
-        "--blocks",
-        "1,1",
-        "--epochs",
-        "4",
-        "--iters",
-        "8",
-        "--sizes",
-        "16,24",
-        "--lr",
-        "3e-3",
-        "--precision",
-        "fp32",
-    )
-    losses = [row[1] for row in settings["history"]]  # validation loss per epoch (fixed pairs)
-    assert losses[-1] < losses[0], losses
+        tmp_path, photos, *TINY, "--epochs", "4", "--iters", "8", "--sizes", "16,24",
+        "--lr", "3e-3", "--val-every", "8",
+    )  # fmt: skip
+    psnrs = [row[3] for row in settings["history"]]  # Y-PSNR on the two held images per 8 steps
+    assert len(psnrs) == 5 and psnrs[-1] > psnrs[0] + 1, psnrs
     assert settings["model_config"] == {"nf": [8, 16], "blocks": [1, 1], "scale": 2}
     assert settings["steps"] == 32 and settings["sizes"] == [16, 24]
+    # progressive resizing by budget share: 2 epochs at 16 (32 px HR crops), 2 at 24 (48 px)
+    assert settings["pixels"] == 16 * 4 * (32**2 + 48**2)
     assert settings["degradation"]["p_clean"] == 0.5
+    rows = curve(tmp_path)
+    assert [int(r["steps"]) for r in rows] == [0, 8, 16, 24, 32]
+    assert all(float(r["cpu_s"]) >= 0 for r in rows) and float(rows[-1]["cpu_s"]) > 0
     ckpt = torch.load(tmp_path / "model.pth", weights_only=False)
     assert ckpt["arch"] == "compact" and (tmp_path / "ckpt.pth").exists()
 
@@ -91,50 +90,129 @@ def test_compact_unet_learns(tmp_path, photos):
 
 def test_dynamic_unet_learns(tmp_path, photos):
     settings = train(
-        tmp_path,
-        photos,
-        "--arch",
-        "dynamic_unet",
-        "--body",
-        "tiny",
-        "--factor",
-        "2",
-        "--epochs",
-        "4",
-        "--iters",
-        "8",
-        "--sizes",
-        "32",
-        "--lr",
-        "3e-3",
-        "--precision",
-        "fp32",
-    )
-    losses = [row[1] for row in settings["history"]]
-    assert losses[-1] < losses[0], losses
+        tmp_path, photos, "--arch", "dynamic_unet", "--body", "tiny", "--factor", "2",
+        "--epochs", "4", "--iters", "8", "--sizes", "32", "--lr", "3e-3", "--precision", "fp32",
+        "--val-every", "16",
+    )  # fmt: skip
+    psnrs = [row[3] for row in settings["history"]]
+    assert psnrs[-1] > psnrs[0], psnrs
     assert settings["model_config"]["body"] == "tiny"
     assert torch.load(tmp_path / "model.pth", weights_only=False)["arch"] == "dynamic_unet"
 
 
-def test_resume_continues(tmp_path, photos):
+def test_stopped_and_resumed_equals_uninterrupted(tmp_path, photos):
+    # re-parameterised convs, progressive sizes, degraded pairs, bf16: what the long run uses
     common = [
-        "--nf",
-        "8,16",
-        "--blocks",
-        "1,1",
-        "--iters",
-        "2",
-        "--sizes",
-        "16",
-        "--precision",
-        "fp32",
+        *TINY, "--epochs", "3", "--iters", "3", "--sizes", "16,24", "--val-every", "2",
+        "--schedule", "flat-cos", "--p-clean", "0.5", "--rep", "--precision", "bf16",
+    ]  # fmt: skip
+    whole, parts = tmp_path / "whole", tmp_path / "parts"
+    train(whole, photos, *common)
+    # stopped after the first epoch's checkpoint, then resumed twice over (once more than needed)
+    train(parts, photos, *common, "--stop-after", "2")
+    assert torch.load(parts / "ckpt.pth", weights_only=False)["steps"] == 3
+    assert not (parts / "model.pth").exists()
+    # the compact copy committed to the repository (Adam moments in bf16) resumes closely
+    compact = tmp_path / "compact"
+    compact.mkdir()
+    from scripts.checkpoint import atomic_save
+    from scripts.checkpoint import compact as compact_ckpt
+
+    small = compact_ckpt(torch.load(parts / "ckpt.pth", weights_only=False))
+    assert small["opt"]["state"][0]["sqr_avg"].dtype == torch.bfloat16
+    atomic_save(small, compact / "ckpt.pth")
+    (compact / "curve.csv").write_text((parts / "curve.csv").read_text())
+    train(parts, photos, *common, "--resume", "--stop-after", "6")
+    assert torch.load(parts / "ckpt.pth", weights_only=False)["epoch"] == 1
+    # as if killed mid-epoch: a curve point written after the checkpoint is dropped on resume
+    with open(parts / "curve.csv", "a") as f:
+        f.write("99999,7,2,1.0,1.0,0.5,1e-4,10.0,10.0\n")
+    train(parts, photos, *common, "--resume")
+    train(compact, photos, *common, "--resume")
+    a = torch.load(whole / "model.pth", weights_only=False)
+    b = torch.load(parts / "model.pth", weights_only=False)
+    c = torch.load(compact / "model.pth", weights_only=False)
+    for k in a["model"]:
+        assert torch.allclose(a["model"][k], c["model"][k], atol=3e-4), k
+    c_opt = torch.load(compact / "ckpt.pth", weights_only=False)["opt"]["state"]
+    assert c_opt[0]["sqr_avg"].dtype == torch.float32
+    assert a["steps"] == b["steps"] == 9 and a["pixels"] == b["pixels"]
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    oa = torch.load(whole / "ckpt.pth", weights_only=False)["opt"]["state"]
+    ob = torch.load(parts / "ckpt.pth", weights_only=False)["opt"]["state"]
+    for sa, sb in zip(oa, ob, strict=True):
+        for k in sa:
+            va, vb = sa[k], sb[k]
+            assert torch.equal(va, vb) if torch.is_tensor(va) else va == vb, k
+    keys = ("pixels", "steps", "epoch", "train_loss", "lr", "val_psnr")
+    assert [[r[k] for k in keys] for r in curve(whole)] == [
+        [r[k] for k in keys] for r in curve(parts)
     ]
-    train(tmp_path, photos, *common, "--epochs", "1")
-    first = torch.load(tmp_path / "ckpt.pth", weights_only=False)
-    assert first["epoch"] == 0
-    # the same run extended to 2 epochs picks up at epoch 1 with the saved optimizer state
-    train(tmp_path, photos, *common, "--epochs", "2", "--resume")
-    assert torch.load(tmp_path / "ckpt.pth", weights_only=False)["epoch"] == 1
+
+
+def test_budget_sets_the_plan_and_resume_checks_settings(tmp_path, photos):
+    # 4 pairs of 32x32 HR pixels a step, 2 steps an epoch: 8192 px; 20000 px need 3 epochs
+    settings = train(
+        tmp_path, photos, *TINY, "--budget-gpx", "0.00002", "--iters", "2", "--sizes", "16",
+        "--val-every", "100",
+    )  # fmt: skip
+    assert settings["planned_epochs"] == 3 and settings["pixels"] == 3 * 8192
+    assert settings["budget_pixels"] == 20000
+    # a changed schedule cannot pass as a resume of this run
+    failed = train(
+        tmp_path, photos, *TINY, "--budget-gpx", "0.00002", "--iters", "2", "--sizes", "16",
+        "--lr", "1e-3", "--resume", ok=False,
+    )  # fmt: skip
+    assert "other settings" in failed["stderr"] and "lr" in failed["stderr"]
+
+
+def test_packed_crops_and_second_order_pairs(tmp_path, photos):
+    packed = tmp_path / "crops.npy"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "pack_data.py"), "--data", str(photos),
+         "--out", str(packed), "--side", "64", "--max-mib", "0.5"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    crops = np.load(packed)
+    assert packed.stat().st_size <= 0.5 * (1 << 20)
+    assert crops.dtype == np.uint8 and crops.shape[1:] == (64, 64, 3) and len(crops) >= 8
+    from scripts.pack_data import pack
+
+    images = [np.asarray(Image.open(p)) for p in sorted(photos.glob("*.png"))]
+    assert np.array_equal(pack(images, 64, 100_000, seed=3), pack(images, 64, 100_000, seed=3))
+    settings = train(
+        tmp_path / "run", photos, *TINY, "--pack", str(packed), "--epochs", "2", "--iters", "2",
+        "--sizes", "16", "--val-every", "4", "--second-order", "--degrade", "jpeg_quality=20,40",
+    )  # fmt: skip
+    assert settings["steps"] == 4 and settings["pack"] == str(packed)
+    # the restore model's mix: the second-order model, no clean pairs unless asked
+    assert settings["degradation"]["p_final_sinc"] == 0.8 and settings["p_clean"] == 0.0
+    assert settings["degradation"]["jpeg_quality"] == [20, 40]
+
+
+def test_rep_convs_fold_into_plain_convs():
+    from scripts.model.unet import CompactUNet, build_model
+
+    torch.manual_seed(0)
+    model = CompactUNet((8, 16, 32), (2, 1, 2), rep=True, dec_blocks=(3, 1))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    model.eval()
+    x = torch.rand(2, 3, 16, 24)
+    before = model(x)
+    cfg = model.config()
+    assert cfg == {"nf": [8, 16, 32], "blocks": [2, 1, 2], "scale": 2, "rep": True,
+                   "dec_blocks": [3, 1]}  # fmt: skip
+    model.fuse()
+    assert torch.allclose(model(x), before, atol=1e-5)
+    assert not any(type(m).__name__ == "RepConv" for m in model.modules())
+    # the folded weights load into the plain architecture of the same shape
+    plain = build_model("compact", {**cfg, "rep": False}).eval()
+    plain.load_state_dict(model.state_dict())
+    assert torch.allclose(plain(x), before, atol=1e-5)
 
 
 def test_feature_loss_terms_and_hooks():

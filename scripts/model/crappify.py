@@ -1,6 +1,6 @@
 """Degradations ("crappify") and training pairs made on the fly from random crops of clean photos.
 
-    .venv/bin/python scripts/crappify.py ../shared/data/eval/set5/baby.png --out runs/crappy --n 4
+    .venv/bin/python -m scripts.model.crappify ../shared/data/eval/set5/baby.png --out runs/crappy --n 4
         # writes 4 degraded copies and prints the recipe (ops and parameters) of each
 
 Every degradation is driven by a ``numpy.random.Generator``: the same seed gives the same pixels.
@@ -87,6 +87,54 @@ REAL_WORLD = Degradation(
 REAL_WORLD_SEED = 20240601
 
 
+@dataclasses.dataclass(frozen=True)
+class SecondOrder:
+    """Real-ESRGAN's second-order degradation model with BSRGAN's shuffled order: two rounds of
+    (blur, resize, noise) in a random order each, each round ending in JPEG, then a resize to the
+    pair's size and, in random order, a sinc (ringing) filter and a last JPEG.
+
+    Blur sigmas are in the current image's pixels, noise sigma in 8-bit levels, Poisson scale as
+    Real-ESRGAN's (1 = photon noise of about 255 photons at white), JPEG quality in PIL's 1-95.
+    """
+
+    p_clean: float = 0.0  # plain PIL bicubic downscale and nothing else
+    # how a blur kernel is drawn: isotropic/anisotropic Gaussian, generalised Gaussian, sinc
+    p_aniso: float = 0.35
+    p_generalized: float = 0.15
+    gen_beta: tuple[float, float] = (0.5, 4.0)
+    p_sinc_blur: float = 0.1
+    blur_sigma: tuple[float, float] = (0.2, 3.0)
+    blur_sigma2: tuple[float, float] = (0.2, 1.5)
+    p_blur2: float = 0.8
+    # resize of each round: up / down / keep, scale range
+    p_up: float = 0.2
+    p_down: float = 0.7
+    resize_range: tuple[float, float] = (0.15, 1.5)
+    resize_range2: tuple[float, float] = (0.3, 1.2)
+    kernels: tuple[str, ...] = ("bicubic", "bilinear", "box", "lanczos")
+    # noise of each round: Gaussian or Poisson, colour or grey
+    p_noise: float = 1.0
+    p_poisson: float = 0.5
+    noise_sigma: tuple[float, float] = (1.0, 30.0)
+    noise_sigma2: tuple[float, float] = (1.0, 25.0)
+    poisson_scale: tuple[float, float] = (0.05, 3.0)
+    poisson_scale2: tuple[float, float] = (0.05, 2.5)
+    p_gray_noise: float = 0.4
+    jpeg_quality: tuple[int, int] = (15, 95)
+    # sinc (ringing, overshoot) filter at the end, cutoff in radians per pixel
+    p_final_sinc: float = 0.8
+    sinc_cutoff: tuple[float, float] = (math.pi / 3, math.pi)
+    p_shuffle: float = 1.0  # BSRGAN: shuffle the order inside each round
+    p_text: float = 0.0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+# The restore model's training mix (issue 8): the full second-order model.
+RESTORE = SecondOrder()
+
+
 # ---------------------------------------------------------------------------------------- kernels
 
 
@@ -120,6 +168,33 @@ def motion_kernel(length: int, angle: float) -> np.ndarray:
         ):
             if 0 <= x0 + dx < size and 0 <= y0 + dy < size:
                 k[y0 + dy, x0 + dx] += w
+    return (k / k.sum()).astype(np.float32)
+
+
+def generalized_gaussian_kernel(
+    sigma_x: float, sigma_y: float, theta: float, beta: float
+) -> np.ndarray:
+    """exp(-0.5 * q**beta), q the rotated quadratic form of a Gaussian: beta < 1 peaks harder and
+    has heavier tails than a Gaussian (beta = 1), beta > 1 flattens the top (Real-ESRGAN)."""
+    radius = min(10, max(1, math.ceil(3 * max(sigma_x, sigma_y))))
+    ax = np.arange(-radius, radius + 1, dtype=np.float64)
+    xx, yy = np.meshgrid(ax, ax)
+    c, s = math.cos(theta), math.sin(theta)
+    u, v = c * xx + s * yy, -s * xx + c * yy
+    k = np.exp(-0.5 * ((u / sigma_x) ** 2 + (v / sigma_y) ** 2) ** beta)
+    return (k / k.sum()).astype(np.float32)
+
+
+def sinc_kernel(cutoff: float, radius: int = 10) -> np.ndarray:
+    """A circular ideal low-pass (a 2-D sinc), ``cutoff`` in radians per pixel (pi: none), cut to
+    ``2 * radius + 1`` pixels: what sharpening and over-compression leave, ringing at edges."""
+    n = 64
+    f = np.fft.fftfreq(n) * 2 * math.pi
+    fx, fy = np.meshgrid(f, f)
+    disc = (np.hypot(fx, fy) <= cutoff).astype(np.float64)
+    k = np.fft.fftshift(np.real(np.fft.ifft2(disc)))
+    c = n // 2
+    k = k[c - radius : c + radius + 1, c - radius : c + radius + 1]
     return (k / k.sum()).astype(np.float32)
 
 
@@ -165,6 +240,18 @@ def add_noise(
     """Additive Gaussian noise of ``sigma`` 8-bit levels, the same in all channels if ``gray``."""
     shape = img.shape[:2] + ((1,) if gray else (3,))
     return img + rng.standard_normal(shape, dtype=np.float32) * (sigma / 255.0)
+
+
+def add_poisson_noise(
+    img: np.ndarray, scale: float, rng: np.random.Generator, gray: bool = False
+) -> np.ndarray:
+    """Photon (shot) noise: variance grows with brightness; ``scale`` 1 is about 255 photons at
+    white, larger is noisier. ``gray``: one noise field (from the luma) for all channels."""
+    photons = 255.0
+    base = img @ np.array([0.299, 0.587, 0.114], np.float32)[:, None] if gray else img
+    base = np.clip(base, 0, 1)
+    noise = rng.poisson(base * photons).astype(np.float32) / photons - base
+    return img + scale * noise
 
 
 def text_overlay(img: Image.Image, text: str, xy: tuple[int, int]) -> Image.Image:
@@ -254,12 +341,113 @@ def sample_recipe(
     return ops
 
 
+def _sample_blur(rng: np.random.Generator, cfg: SecondOrder, sigma: tuple) -> tuple[str, dict]:
+    """One blur kernel of the second-order model: sinc, generalised or plain Gaussian, isotropic
+    or anisotropic."""
+    if rng.random() < cfg.p_sinc_blur:
+        return ("sinc", {"cutoff": float(rng.uniform(*cfg.sinc_cutoff)), "radius": 10})
+    sx = float(rng.uniform(*sigma))
+    sy, theta = sx, 0.0
+    if rng.random() < cfg.p_aniso:
+        sy, theta = float(rng.uniform(*sigma)), float(rng.uniform(0, math.pi))
+    if rng.random() < cfg.p_generalized:
+        beta = float(rng.uniform(*cfg.gen_beta))
+        return ("generalized_blur", {"sigma_x": sx, "sigma_y": sy, "theta": theta, "beta": beta})
+    return ("gaussian_blur", {"sigma_x": sx, "sigma_y": sy, "theta": theta})
+
+
+def _sample_round(
+    rng: np.random.Generator, cfg: SecondOrder, second: bool
+) -> list[tuple[str, dict]]:
+    """Blur, resize and noise (each possibly absent), shuffled, then JPEG."""
+    ops: list[tuple[str, dict]] = []
+    if not second or rng.random() < cfg.p_blur2:
+        ops.append(_sample_blur(rng, cfg, cfg.blur_sigma2 if second else cfg.blur_sigma))
+    lo, hi = cfg.resize_range2 if second else cfg.resize_range
+    u = rng.random()
+    scale = (
+        float(rng.uniform(1.0, hi))
+        if u < cfg.p_up
+        else float(rng.uniform(lo, 1.0))
+        if u < cfg.p_up + cfg.p_down
+        else 1.0
+    )
+    kernel = str(cfg.kernels[int(rng.integers(len(cfg.kernels)))])
+    if scale != 1.0:
+        ops.append(("resize", {"scale": scale, "kernel": kernel}))
+    if rng.random() < cfg.p_noise:
+        gray = bool(rng.random() < cfg.p_gray_noise)
+        seed = int(rng.integers(2**31))
+        if rng.random() < cfg.p_poisson:
+            scale_range = cfg.poisson_scale2 if second else cfg.poisson_scale
+            ops.append(
+                ("poisson", {"scale": float(rng.uniform(*scale_range)), "gray": gray, "seed": seed})
+            )
+        else:
+            sigma_range = cfg.noise_sigma2 if second else cfg.noise_sigma
+            ops.append(
+                ("noise", {"sigma": float(rng.uniform(*sigma_range)), "gray": gray, "seed": seed})
+            )
+    if rng.random() < cfg.p_shuffle:
+        ops = [ops[i] for i in rng.permutation(len(ops))]
+    q = int(rng.integers(cfg.jpeg_quality[0], cfg.jpeg_quality[1] + 1))
+    return ops + [("jpeg", {"quality": q})]
+
+
+def sample_second_order(
+    rng: np.random.Generator, cfg: SecondOrder, factor: int
+) -> list[tuple[str, dict]]:
+    """Draw a second-order recipe: round 1, round 2 (each blur/resize/noise shuffled, then JPEG),
+    then the resize to the pair's size, and a sinc filter and a last JPEG in random order."""
+    if rng.random() < cfg.p_clean:
+        return [("downscale", {"factor": factor, "kernel": "bicubic"})]
+    ops = _sample_round(rng, cfg, second=False) + _sample_round(rng, cfg, second=True)
+    kernel = str(cfg.kernels[int(rng.integers(len(cfg.kernels)))])
+    ops.append(("resize_to", {"factor": factor, "kernel": kernel}))
+    tail = [("jpeg", {"quality": int(rng.integers(cfg.jpeg_quality[0], cfg.jpeg_quality[1] + 1))})]
+    if rng.random() < cfg.p_final_sinc:
+        tail.append(("sinc", {"cutoff": float(rng.uniform(*cfg.sinc_cutoff)), "radius": 10}))
+        if rng.random() < 0.5:
+            tail.reverse()
+    ops += tail
+    if rng.random() < cfg.p_text:
+        ops.append(
+            (
+                "text",
+                {
+                    "text": str(int(rng.integers(10, 100))),
+                    "x": float(rng.random()),
+                    "y": float(rng.random()),
+                },
+            )
+        )
+    return ops
+
+
 def apply_recipe(img: Image.Image, ops: list[tuple[str, dict]]) -> Image.Image:
     """Apply a recipe from ``sample_recipe``; the result is an 8-bit RGB PIL image."""
     img = img.convert("RGB")
+    orig = img.size
     for name, p in ops:
         if name == "downscale":
             img = downscale(img, p["factor"], p["kernel"])
+        elif name == "resize":  # by a scale of the current size (a round of the second order)
+            w, h = img.size
+            size = (max(1, round(w * p["scale"])), max(1, round(h * p["scale"])))
+            img = img.resize(size, KERNELS[p["kernel"]])
+        elif name == "resize_to":  # to the pair's size: the original's divided by the factor
+            size = (max(1, orig[0] // p["factor"]), max(1, orig[1] // p["factor"]))
+            img = img.resize(size, KERNELS[p["kernel"]])
+        elif name == "generalized_blur":
+            k = generalized_gaussian_kernel(p["sigma_x"], p["sigma_y"], p["theta"], p["beta"])
+            img = to_pil(convolve(to_float(img), k))
+        elif name == "sinc":
+            img = to_pil(convolve(to_float(img), sinc_kernel(p["cutoff"], p["radius"])))
+        elif name == "poisson":
+            noisy = add_poisson_noise(
+                to_float(img), p["scale"], np.random.default_rng(p["seed"]), p["gray"]
+            )
+            img = to_pil(noisy)
         elif name == "gaussian_blur":
             img = to_pil(
                 convolve(to_float(img), gaussian_kernel(p["sigma_x"], p["sigma_y"], p["theta"]))
@@ -282,10 +470,17 @@ def apply_recipe(img: Image.Image, ops: list[tuple[str, dict]]) -> Image.Image:
 
 
 def crappify(
-    img: Image.Image, factor: int, rng: np.random.Generator, cfg: Degradation = TRAIN
+    img: Image.Image,
+    factor: int,
+    rng: np.random.Generator,
+    cfg: Degradation | SecondOrder = TRAIN,
 ) -> tuple[Image.Image, list[tuple[str, dict]]]:
-    """Degrade ``img`` and shrink it by ``factor``: returns the low-quality image and its recipe."""
-    ops = sample_recipe(rng, cfg, factor)
+    """Degrade ``img`` and shrink it by ``factor``: returns the low-quality image and its recipe.
+    ``cfg`` is a first-order ``Degradation`` or the ``SecondOrder`` model."""
+    if isinstance(cfg, SecondOrder):
+        ops = sample_second_order(rng, cfg, factor)
+    else:
+        ops = sample_recipe(rng, cfg, factor)
     return apply_recipe(img, ops), ops
 
 
@@ -408,9 +603,14 @@ def main() -> None:
     ap.add_argument("--factor", type=int, default=2, choices=(1, 2, 4), help="downscale factor")
     ap.add_argument("--seed", type=int, default=0, help="random seed (same seed, same pixels)")
     ap.add_argument("--real-world", action="store_true", help="use the evaluation's real-world mix")
+    ap.add_argument(
+        "--second-order",
+        action="store_true",
+        help="use the restore model's second-order mix (two shuffled rounds, sinc, JPEG 15-95)",
+    )
     ap.add_argument("--text", action="store_true", help="add the course's text overlay")
     args = ap.parse_args()
-    cfg = REAL_WORLD if args.real_world else TRAIN
+    cfg = RESTORE if args.second_order else REAL_WORLD if args.real_world else TRAIN
     if args.text:
         cfg = dataclasses.replace(cfg, p_text=1.0)
     out = Path(args.out)

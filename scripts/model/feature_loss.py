@@ -4,7 +4,7 @@ with Gram-matrix style terms, as in fastai course-v3's lesson7-superres.
 Training only: nothing in handlers/ imports this. The feature loss needs a VGG16-BN (torchvision
 layout) whose weights the user supplies (nothing is downloaded here):
 
-    from scripts.feature_loss import FeatureLoss, vgg16_features
+    from scripts.model.feature_loss import FeatureLoss, vgg16_features
     m_feat = vgg16_features("vgg16_bn.pth")
     loss = FeatureLoss(m_feat, layer_ids=[22, 32, 42], layer_wgts=[5, 15, 2])
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from enhancer.card import ModelCard, file_sha256
-from scripts.model.unet import CompactUNet, ContractWrapper, dynamic_unet
+from scripts.model.unet import ContractWrapper, build_model, dynamic_unet
 
 
 class ExportError(Exception):
@@ -44,7 +44,11 @@ def load_model(args) -> tuple[torch.nn.Module, str, dict]:
         ckpt = torch.load(args.weights, map_location="cpu", weights_only=False)
         arch, cfg = ckpt["arch"], ckpt["config"]
         if arch == "compact":
-            model = CompactUNet(tuple(cfg["nf"]), tuple(cfg["blocks"]), cfg.get("scale", 2))
+            model = build_model(arch, cfg)
+            model.load_state_dict(ckpt["model"])
+            # re-parameterised convs fold into plain 3x3 convs: the traced model is a plain U-Net
+            model.fuse()
+            return model, arch, model.config()
         else:
             net = dynamic_unet(
                 cfg["body"], args.tile, cfg.get("self_attention", False), cfg.get("blur", True)

@@ -2,7 +2,7 @@
 that build fastai's DynamicUnet and wrap any network to the model contract (RGB in [0, 1] in and
 out).
 
-    from scripts.unet import CompactUNet
+    from scripts.model.unet import CompactUNet
     model = CompactUNet(nf=(64, 96, 160, 256), blocks=(2, 2, 2, 2))   # scale 2, multiple 8
 
 CompactUNet works at the low resolution and ends in an ICNR-initialised sub-pixel (PixelShuffle) 2x
@@ -38,17 +38,50 @@ def icnr_(weight: torch.Tensor, scale: int = 2, init=nn.init.kaiming_normal_) ->
     return weight
 
 
-class ResBlock(nn.Module):
-    """conv-ReLU-conv with an identity skip (EDSR style: no normalisation, which costs SR PSNR)."""
+class RepConv(nn.Module):
+    """A 3x3 conv trained as two parallel branches, 3x3 + 1x1 (RepVGG / ECBSR style, without the
+    identity branch: the ResBlock around it already has one), that ``fused()`` folds into the one
+    3x3 conv it equals: richer optimisation while training, a plain ``nn.Conv2d`` when serving."""
 
-    def __init__(self, nf: int, res_scale: float = 1.0):
+    def __init__(self, nf: int):
         super().__init__()
-        self.conv1 = nn.Conv2d(nf, nf, 3, padding=1)
-        self.conv2 = nn.Conv2d(nf, nf, 3, padding=1)
+        self.conv3 = nn.Conv2d(nf, nf, 3, padding=1)
+        self.conv1 = nn.Conv2d(nf, nf, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv3(x) + self.conv1(x)
+
+    def fused(self) -> nn.Conv2d:
+        """The single 3x3 conv computing the same function (equal up to float rounding)."""
+        nf = self.conv3.in_channels
+        w = self.conv3.weight.detach().clone()
+        w[:, :, 1:2, 1:2] += self.conv1.weight.detach()
+        conv = nn.Conv2d(nf, nf, 3, padding=1).to(w.device, w.dtype)
+        with torch.no_grad():
+            conv.weight.copy_(w)
+            conv.bias.copy_(self.conv3.bias.detach() + self.conv1.bias.detach())
+        return conv
+
+
+class ResBlock(nn.Module):
+    """conv-ReLU-conv with an identity skip (EDSR style: no normalisation, which costs SR PSNR).
+    ``rep=True`` trains each conv as a RepConv (folded to plain 3x3 convs by ``fuse``)."""
+
+    def __init__(self, nf: int, res_scale: float = 1.0, rep: bool = False):
+        super().__init__()
+        conv = RepConv if rep else (lambda c: nn.Conv2d(c, c, 3, padding=1))
+        self.conv1 = conv(nf)
+        self.conv2 = conv(nf)
         self.res_scale = res_scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.res_scale * self.conv2(F.relu(self.conv1(x), inplace=True))
+
+    def fuse(self) -> None:
+        for name in ("conv1", "conv2"):
+            conv = getattr(self, name)
+            if isinstance(conv, RepConv):
+                setattr(self, name, conv.fused())
 
 
 class Up(nn.Module):
@@ -74,6 +107,9 @@ class CompactUNet(nn.Module):
         blocks: residual blocks per level, used on the way down and again on the way up (the
             deepest level's run once: they are the bottleneck).
         scale: 2 (sub-pixel head). Kept as an argument so the card and the module agree.
+        rep: train every block conv as a re-parameterisable RepConv (3x3 + 1x1);
+            ``fuse()`` folds them into plain 3x3 convs for inference and export.
+        dec_blocks: residual blocks per decoder level (all but the deepest), if not ``blocks``.
     """
 
     def __init__(
@@ -81,17 +117,24 @@ class CompactUNet(nn.Module):
         nf: tuple[int, ...] = (64, 96, 160, 256),
         blocks: tuple[int, ...] = (2, 2, 2, 2),
         scale: int = 2,
+        rep: bool = False,
+        dec_blocks: tuple[int, ...] | None = None,
     ):
         super().__init__()
         if len(nf) != len(blocks):
             raise ValueError(f"nf {nf} and blocks {blocks} must have one entry per level")
         if scale != 2:
             raise ValueError("CompactUNet has a 2x sub-pixel head: scale must be 2")
+        dec_blocks = tuple(blocks[:-1]) if dec_blocks is None else tuple(dec_blocks)
+        if len(dec_blocks) != len(nf) - 1:
+            raise ValueError(f"dec_blocks {dec_blocks} needs one entry per level but the deepest")
         self.nf, self.blocks, self.scale = tuple(nf), tuple(blocks), scale
+        self.rep, self.dec_blocks = rep, dec_blocks
         self.multiple = 2 ** (len(nf) - 1)
         self.stem = nn.Conv2d(3, nf[0], 3, padding=1)
         self.enc = nn.ModuleList(
-            nn.Sequential(*[ResBlock(c) for _ in range(n)]) for c, n in zip(nf, blocks, strict=True)
+            nn.Sequential(*[ResBlock(c, rep=rep) for _ in range(n)])
+            for c, n in zip(nf, blocks, strict=True)
         )
         # stride-2 3x3 conv down: learnable (a fixed pool throws away what SR needs most)
         self.down = nn.ModuleList(
@@ -99,7 +142,8 @@ class CompactUNet(nn.Module):
         )
         self.up = nn.ModuleList(Up(nf[i + 1], nf[i]) for i in range(len(nf) - 1))
         self.dec = nn.ModuleList(
-            nn.Sequential(*[ResBlock(nf[i]) for _ in range(blocks[i])]) for i in range(len(nf) - 1)
+            nn.Sequential(*[ResBlock(nf[i], rep=rep) for _ in range(dec_blocks[i])])
+            for i in range(len(nf) - 1)
         )
         self.head = nn.Conv2d(nf[0], 3 * scale**2, 3, padding=1)
         icnr_(self.head.weight, scale)
@@ -125,8 +169,23 @@ class CompactUNet(nn.Module):
         return out if self.training else out.clamp(0.0, 1.0)
 
     def config(self) -> dict:
-        """Constructor arguments, saved beside the weights so export can rebuild the module."""
-        return {"nf": list(self.nf), "blocks": list(self.blocks), "scale": self.scale}
+        """Constructor arguments, saved beside the weights so export can rebuild the module
+        (the optional ones only when set, so older configs and cards stay as they were)."""
+        cfg = {"nf": list(self.nf), "blocks": list(self.blocks), "scale": self.scale}
+        if self.rep:
+            cfg["rep"] = True
+        if self.dec_blocks != tuple(self.blocks[:-1]):
+            cfg["dec_blocks"] = list(self.dec_blocks)
+        return cfg
+
+    def fuse(self) -> CompactUNet:
+        """Fold re-parameterised convs into plain ones (in place; a no-op without ``rep``).
+        The fused module computes the same function and loads only as ``rep=False``."""
+        for m in self.modules():
+            if isinstance(m, ResBlock):
+                m.fuse()
+        self.rep = False
+        return self
 
 
 class ContractWrapper(nn.Module):
@@ -204,7 +263,14 @@ def dynamic_unet(
 def build_model(arch: str, cfg: dict) -> nn.Module:
     """Rebuild a model from the settings saved beside its weights (``args.yaml`` / checkpoint)."""
     if arch == "compact":
-        return CompactUNet(tuple(cfg["nf"]), tuple(cfg["blocks"]), cfg.get("scale", 2))
+        dec = cfg.get("dec_blocks")
+        return CompactUNet(
+            tuple(cfg["nf"]),
+            tuple(cfg["blocks"]),
+            cfg.get("scale", 2),
+            rep=bool(cfg.get("rep", False)),
+            dec_blocks=None if dec is None else tuple(dec),
+        )
     if arch == "dynamic_unet":
         net = dynamic_unet(
             cfg.get("body", "resnet34"),
@@ -217,8 +283,11 @@ def build_model(arch: str, cfg: dict) -> nn.Module:
 
 
 def load_trained(path: str) -> nn.Module:
-    """A model saved by scripts/train.py (model.pth or a ckpt*.pth), rebuilt, in eval mode."""
+    """A model saved by scripts/train.py (model.pth or a ckpt*.pth), rebuilt, in eval mode, with
+    any re-parameterised convs folded (what inference and export run)."""
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     model = build_model(ckpt["arch"], ckpt["config"])
     model.load_state_dict(ckpt["model"])
+    if hasattr(model, "fuse"):
+        model.fuse()
     return model.float().eval()
