@@ -18,7 +18,6 @@ import base64
 import http.client
 import io
 import json
-import random
 import re
 import socket
 import subprocess
@@ -38,6 +37,7 @@ from scripts import page as page_cli
 from scripts.ops import container
 from scripts.ops import page as page_script
 from scripts.ops import torchserve as serve
+from tests.helpers.images import padded
 from tests.helpers.servers import start_torchserve, stop_torchserve
 
 pytestmark = pytest.mark.e2e
@@ -435,42 +435,6 @@ def _multipart(
     return parts + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
 
 
-def _noise(size: int, seed: int = 0) -> bytes:
-    """Bytes that do not compress, as the inside of a real JPEG or PNG looks to a form parser."""
-    return random.Random(seed).randbytes(size)
-
-
-def _padded_png(image: bytes, size: int) -> bytes:
-    """``image`` (a PNG) padded to exactly ``size`` bytes with a private ancillary chunk."""
-    import zlib
-
-    data = _noise(size - len(image) - 12)
-    chunk = (
-        len(data).to_bytes(4, "big")
-        + b"prVt"
-        + data
-        + zlib.crc32(b"prVt" + data).to_bytes(4, "big")
-    )
-    end = image.rindex(b"IEND") - 4
-    return image[:end] + chunk + image[end:]
-
-
-def _padded_image(image: Image.Image, fmt: str, size: int) -> bytes:
-    """``image`` as PNG or JPEG, padded with incompressible bytes to exactly ``size`` bytes (a
-    private PNG chunk, or JPEG comment segments)."""
-    base = encoded(image, fmt.upper())
-    if fmt == "png":
-        return _padded_png(base, size)
-    left, segments, k = size - len(base), [], 0
-    while left:
-        n = min(left, 65535 + 2)
-        if 0 < left - n < 4:
-            n = left - 4
-        segments.append(b"\xff\xfe" + (n - 2).to_bytes(2, "big") + _noise(n - 4, seed=k))
-        left, k = left - n, k + 1
-    return base[:2] + b"".join(segments) + base[2:]
-
-
 def _post_raw(url: str, body: bytes, content_type: str, chunked: bool) -> int:
     """POST with http.client (Content-Length, or chunked with none); the status, or 0 if reset."""
     host, port = url.removeprefix("http://").split(":")
@@ -506,7 +470,7 @@ def _check_upload_limits(site, torchserve, photo):
     refused = site.answered(413)
 
     # One byte over the image limit: the page's image check, which names the limit.
-    over, content_type = _multipart(_padded_png(base, UPLOAD_LIMIT + 1))
+    over, content_type = _multipart(padded(base, UPLOAD_LIMIT + 1))
     response = requests.post(
         f"{site.url}/enhance", data=over, headers={"Content-Type": content_type}, timeout=30
     )
@@ -518,10 +482,10 @@ def _check_upload_limits(site, torchserve, photo):
     # drains at most 64 KB of what the client still sends before it closes the connection, so a
     # client still sending may see the connection reset instead of the answer (werkzeug documents
     # this); gunicorn's access log is the witness of the 413 either way.
-    chunked, content_type = _multipart(_padded_png(base, 2 * UPLOAD_LIMIT))
+    chunked, content_type = _multipart(padded(base, 2 * UPLOAD_LIMIT))
     assert _post_raw(site.url, chunked, content_type, chunked=True) in (413, 0)
 
-    at_limit, content_type = _multipart(_padded_png(base, UPLOAD_LIMIT))
+    at_limit, content_type = _multipart(padded(base, UPLOAD_LIMIT))
     response = requests.post(
         f"{site.url}/enhance", data=at_limit, headers={"Content-Type": content_type}, timeout=60
     )
@@ -546,7 +510,7 @@ def test_real_photo_sizes_through_gunicorn(site, photo, fmt, fields):
     enhanced, with the option fields before or after the file (the defect of werkzeug's form
     memory limit applied to file parts, which refused most real photos over 64 KiB)."""
     for size in (64 * 1024 - 1, 64 * 1024 + 1, 1_000_000, 10_000_000, 50 * MiB):
-        image = _padded_image(photo(40, 30), fmt, size)
+        image = padded(encoded(photo(40, 30), fmt.upper()), size)
         assert len(image) == size
         options = [("scale", b"2"), ("format", b"png")]
         body, content_type = _multipart(image, options=options, options_first=fields == "before")

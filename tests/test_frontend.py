@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import io
 import json
-import random
 import re
 import secrets
 import sys
 import threading
 import time
 import tracemalloc
-import zlib
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
@@ -35,6 +33,7 @@ from enhancer.client import TorchServeClient
 from enhancer.contract import sniff_format
 from frontend import create_app
 from frontend.security import FORM_ALLOWANCE, MIN_FORM_MEMORY_SIZE
+from tests.helpers.images import padded
 
 INVALID_KEY = {
     "code": 400,
@@ -271,46 +270,14 @@ def image_bytes(width: int = 40, height: int = 30, fmt: str = "PNG") -> bytes:
     return buffer.getvalue()
 
 
-def noise(size: int, seed: int = 0) -> bytes:
-    """``size`` bytes that do not compress: what the body of a real JPEG or PNG looks like to a
-    parser (line breaks anywhere, no long runs)."""
-    return random.Random(seed).randbytes(size)
-
-
 def padded_png(size: int) -> bytes:
-    """A valid 40x30 PNG of exactly ``size`` bytes (padded with a private ancillary chunk of
-    incompressible bytes)."""
-    base = image_bytes()
-    pad = size - len(base) - 12  # chunk length + type + CRC
-    assert pad >= 0, f"{size} bytes is smaller than the base PNG"
-    chunk_type, data = b"prVt", noise(pad)
-    chunk = (
-        len(data).to_bytes(4, "big")
-        + chunk_type
-        + data
-        + zlib.crc32(chunk_type + data).to_bytes(4, "big")
-    )
-    iend = base.rindex(b"IEND") - 4
-    return base[:iend] + chunk + base[iend:]
-
-
-def padded_jpeg(size: int) -> bytes:
-    """A valid 40x30 JPEG of exactly ``size`` bytes (comment segments of incompressible bytes)."""
-    base = image_bytes(fmt="JPEG")
-    left = size - len(base)
-    assert left == 0 or left >= 4, f"{size} bytes cannot be reached from {len(base)}"
-    segments, k = [], 0
-    while left:
-        n = min(left, 65535 + 2)
-        if 0 < left - n < 4:  # keep room for one more segment header
-            n = left - 4
-        segments.append(b"\xff\xfe" + (n - 2).to_bytes(2, "big") + noise(n - 4, seed=k))
-        left, k = left - n, k + 1
-    return base[:2] + b"".join(segments) + base[2:]
+    """A valid 40x30 PNG of exactly ``size`` bytes, padded with incompressible bytes."""
+    return padded(image_bytes(), size)
 
 
 def padded_image(fmt: str, size: int) -> bytes:
-    return padded_png(size) if fmt == "png" else padded_jpeg(size)
+    """A valid 40x30 PNG or JPEG of exactly ``size`` bytes, padded with incompressible bytes."""
+    return padded(image_bytes(fmt="PNG" if fmt == "png" else "JPEG"), size)
 
 
 BOUNDARY = "----enhancer-test-boundary"

@@ -1,6 +1,7 @@
 """Degradations ("crappify") and training pairs made on the fly from random crops of clean photos.
 
-    .venv/bin/python -m scripts.model.crappify ../shared/data/eval/set5/baby.png --out runs/crappy --n 4
+    .venv/bin/python -m scripts.model.crappify ../shared/data/eval/set5/baby.png \
+        --out runs/crappy --n 4
         # writes 4 degraded copies and prints the recipe (ops and parameters) of each
 
 Every degradation is driven by a ``numpy.random.Generator``: the same seed gives the same pixels.
@@ -266,6 +267,12 @@ def text_overlay(img: Image.Image, text: str, xy: tuple[int, int]) -> Image.Imag
     return img
 
 
+def text_op(rng: np.random.Generator) -> tuple[str, dict]:
+    """The fastai course's overlay: a random two-digit number at a random place."""
+    text = str(int(rng.integers(10, 100)))
+    return ("text", {"text": text, "x": float(rng.random()), "y": float(rng.random())})
+
+
 def sample_recipe(
     rng: np.random.Generator, cfg: Degradation, factor: int
 ) -> list[tuple[str, dict]]:
@@ -328,16 +335,7 @@ def sample_recipe(
         tail.reverse()  # noise after compression: a noisy re-encode chain (varied order)
     ops += tail
     if rng.random() < cfg.p_text:
-        ops.append(
-            (
-                "text",
-                {
-                    "text": str(int(rng.integers(10, 100))),
-                    "x": float(rng.random()),
-                    "y": float(rng.random()),
-                },
-            )
-        )
+        ops.append(text_op(rng))
     return ops
 
 
@@ -411,16 +409,7 @@ def sample_second_order(
             tail.reverse()
     ops += tail
     if rng.random() < cfg.p_text:
-        ops.append(
-            (
-                "text",
-                {
-                    "text": str(int(rng.integers(10, 100))),
-                    "x": float(rng.random()),
-                    "y": float(rng.random()),
-                },
-            )
-        )
+        ops.append(text_op(rng))
     return ops
 
 

@@ -348,3 +348,30 @@ def webp_ending_in_nul() -> bytes:
         if data.endswith(b"\x00"):
             return data
     raise AssertionError("no WebP with a pad byte found")
+
+
+def incompressible(size: int, seed: int = 0) -> bytes:
+    """``size`` bytes that do not compress: what the inside of a real JPEG or PNG looks like to a
+    parser (line breaks anywhere, no long runs)."""
+    import random
+
+    return random.Random(seed).randbytes(size)
+
+
+def padded(image: bytes, size: int) -> bytes:
+    """A valid PNG or JPEG ``image`` padded with incompressible bytes to exactly ``size`` bytes:
+    a private ancillary PNG chunk, or JPEG comment segments after the SOI marker."""
+    if image.startswith(b"\x89PNG"):
+        data = incompressible(size - len(image) - 12)  # chunk length + type + CRC
+        chunk = png_chunk(b"prVt", data)
+        end = image.rindex(b"IEND") - 4
+        return image[:end] + chunk + image[end:]
+    left, segments, k = size - len(image), [], 0
+    assert left == 0 or left >= 4, f"{size} bytes cannot be reached from {len(image)}"
+    while left:
+        n = min(left, 65535 + 2)
+        if 0 < left - n < 4:  # keep room for one more segment header
+            n = left - 4
+        segments.append(b"\xff\xfe" + (n - 2).to_bytes(2, "big") + incompressible(n - 4, k))
+        left, k = left - n, k + 1
+    return image[:2] + b"".join(segments) + image[2:]
