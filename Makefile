@@ -64,7 +64,9 @@ docker-cuda:
 	docker build --build-arg VARIANT=cuda -t $(IMAGE):cuda .
 
 # -- Train, export, evaluate (README "Train, export, evaluate") -----------------------------------
-.PHONY: train finetune train-tiny train-clean train-clean-status train-clean-snapshot export evaluate
+.PHONY: train finetune train-tiny export evaluate
+.PHONY: train-clean train-clean-status train-clean-snapshot train-restore train-restore-status
+.PHONY: train-restore-snapshot
 .PHONY: sheets
 DATA ?= ../shared/data
 RUN ?= runs/default
@@ -74,18 +76,18 @@ EVAL_SETS ?= $(DATA)/eval/set5 $(DATA)/eval/set14 $(DATA)/eval/b100 $(DATA)/eval
 train: setup-dev
 	nice -n 10 $(PY) -m scripts.train --out $(RUN) --data $(DATA)/train $(TRAIN_ARGS)
 
-# The long `clean` run (issue 8; runs/clean/README.md): start or resume it in the background at
-# nice 19 in $(CLEAN_RUN) (default ../runs/clean), seeded from the committed runs/clean/ snapshot
-# when that is further along. It survives the session; snapshot it before the session ends.
-train-clean: setup-dev
-	scripts/train_clean.sh start
+# The long runs of issue 8 (runs/clean/README.md, runs/restore/README.md): start or resume one in
+# the background at nice 19 in ../runs/<name>, seeded from the committed runs/<name>/ snapshot when
+# that is further along (restore, the first time: warm-started from the clean run's weights). Each
+# survives the session; snapshot it (into runs/<name>/, for committing) before the session ends.
+train-clean train-restore: train-%: setup-dev
+	scripts/train_run.sh $* start
 
-train-clean-status:
-	scripts/train_clean.sh status
+train-clean-status train-restore-status: train-%-status:
+	scripts/train_run.sh $* status
 
-# Copy the run's checkpoint, curve and settings into runs/clean/ for committing.
-train-clean-snapshot:
-	scripts/train_clean.sh snapshot
+train-clean-snapshot train-restore-snapshot: train-%-snapshot:
+	scripts/train_run.sh $* snapshot
 
 # Stage 2 of the shipped default: fine-tune $(RUN)/model.pth with larger crops and more JPEG.
 finetune: setup-dev

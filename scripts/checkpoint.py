@@ -2,11 +2,17 @@
 
     .venv/bin/python scripts/checkpoint.py compact ../runs/clean/ckpt.pth runs/clean/ckpt.pth
 
+    .venv/bin/python scripts/checkpoint.py weights ../runs/clean/ckpt.pth ../runs/restore/init.pth
+
 ``compact`` stores the Adam moments in bfloat16 (weights stay float32): two thirds of the size of
 the exact checkpoint (20.4 MB -> about 13.6 MB for the clean run's 1.69 M parameters), so one can be
 committed every working session. A run resumed from it continues with moments rounded to 8 bits
 of mantissa: not bit-exact, a negligible perturbation; ``train.py --resume`` casts them back to
 float32. The exact checkpoint stays in the run folder, and resuming from it stays bit-exact.
+
+``weights`` writes the checkpoint's model weights alone (a state dict that loads with
+``weights_only=True``), with the step and pixels they came from: what ``train.py --init-weights``
+warm-starts a run from (the restore run starts from the clean run's weights).
 """
 
 from __future__ import annotations
@@ -52,11 +58,19 @@ def main() -> None:
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    ap.add_argument("command", choices=("compact",))
-    ap.add_argument("src", help="an exact checkpoint (train.py's ckpt.pth)")
-    ap.add_argument("dst", help="where to write the compact copy")
+    ap.add_argument("command", choices=("compact", "weights"))
+    ap.add_argument("src", help="a checkpoint (train.py's ckpt.pth)")
+    ap.add_argument("dst", help="where to write the compact copy, or the weights")
     args = ap.parse_args()
     ckpt = torch.load(args.src, map_location="cpu", weights_only=False)
+    if args.command == "weights":
+        atomic_save(
+            {"model": ckpt["model"], "from": str(args.src), "steps": ckpt["steps"],
+             "pixels": ckpt["pixels"]},
+            args.dst,
+        )  # fmt: skip
+        print(f"{args.dst}: weights of step {ckpt['steps']}, {ckpt['pixels'] / 1e9:.3f} G px")
+        return
     atomic_save(compact(ckpt), args.dst)
     print(
         f"{args.dst}: step {ckpt['steps']}, {Path(args.src).stat().st_size / 1e6:.1f} MB -> "

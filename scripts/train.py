@@ -7,7 +7,7 @@ end of every ``--iters``-step epoch), and appends a learning curve (Y-PSNR on a 
 subset, against pixels seen and CPU-seconds) to ``<out>/curve.csv``.
 
 The long ``clean`` run (bicubic pairs plus mild degradations; several working sessions on 2 CPU
-cores) is started and resumed by ``scripts/train_clean.sh start`` (``make train-clean``), which
+cores) is started and resumed by ``scripts/train_run.sh clean start`` (``make train-clean``), which
 holds its exact settings; runs/clean/README.md has its numbers and curve.
 
 The shipped default (compact scale-2 U-Net, L1 + frequency loss, half plain-bicubic pairs), as it
@@ -61,8 +61,8 @@ from fastai.optimizer import Adam
 
 from scripts.checkpoint import atomic_save, restore_dtypes
 from scripts.model import crappify
+from scripts.model.evaluation import degraded_lr, rgb_to_y, shave
 from scripts.model.evaluation import psnr as psnr_db
-from scripts.model.evaluation import rgb_to_y, shave
 from scripts.model.feature_loss import FeatureLoss, PixelFreqLoss, pool_block_ends, vgg16_features
 from scripts.model.unet import build_model
 
@@ -92,6 +92,13 @@ ap.add_argument(
     default=VAL_DEFAULT,
     help="HR images (folders/files) of the learning curve's Y-PSNR (x2, bicubic LR); "
     "'none' for no curve",
+)
+ap.add_argument(
+    "--val-track",
+    default="bicubic",
+    choices=("bicubic", "real_world", "heavy"),
+    help="the curve's inputs: the HR downscaled as one of scripts/evaluate.py's tracks (its seed); "
+    "a restore run follows real_world",
 )
 ap.add_argument("--val-every", type=int, default=500, help="a curve point every N steps")
 ap.add_argument("--out", required=True, help="run folder for weights, args.yaml and checkpoints")
@@ -354,10 +361,13 @@ def lr_at(frac: float) -> float:
 
 
 # ----------------------------------------------------------------------- learning-curve subset
-def val_pairs(sources: list[str], scale: int = 2) -> list[tuple[str, torch.Tensor, np.ndarray]]:
-    """(name, model input, HR uint8) per image: HR cropped to a multiple of ``scale``, LR by PIL
-    bicubic downscaling, as scripts/evaluate.py's bicubic track does; for a scale-1 model the
-    input is the LR resized back up with bicubic (what the engine feeds it)."""
+def val_pairs(
+    sources: list[str], scale: int = 2, track: str = "bicubic"
+) -> list[tuple[str, torch.Tensor, np.ndarray]]:
+    """(name, model input, HR uint8) per image: HR cropped to a multiple of ``scale``, LR made as
+    scripts/evaluate.py's ``track`` makes it (bicubic: PIL bicubic downscaling; real_world, heavy:
+    the same seeded degradations, per image of each source folder); for a scale-1 model the input
+    is the LR resized back up with bicubic (what the engine feeds it)."""
     from PIL import Image
 
     pairs = []
@@ -368,10 +378,10 @@ def val_pairs(sources: list[str], scale: int = 2) -> list[tuple[str, torch.Tenso
             if path.is_dir()
             else [path]
         )
-        for f in files:
+        for index, f in enumerate(files):
             hr = Image.open(f).convert("RGB")
             hr = hr.crop((0, 0, hr.width - hr.width % scale, hr.height - hr.height % scale))
-            lr = hr.resize((hr.width // scale, hr.height // scale), Image.BICUBIC)
+            lr = degraded_lr(track, hr, scale, index, crappify.REAL_WORLD_SEED)
             if out_scale == 1:
                 lr = lr.resize(hr.size, Image.BICUBIC)
             x = torch.from_numpy(np.asarray(lr, dtype=np.float32) / 255.0).permute(2, 0, 1)
@@ -379,7 +389,7 @@ def val_pairs(sources: list[str], scale: int = 2) -> list[tuple[str, torch.Tenso
     return pairs
 
 
-val_set = [] if args.val == ["none"] else val_pairs(args.val)
+val_set = [] if args.val == ["none"] else val_pairs(args.val, track=args.val_track)
 
 
 @torch.no_grad()
@@ -588,7 +598,7 @@ plan_key = {
     in (
         "arch", "nf", "blocks", "dec_blocks", "rep", "factor", "p_clean", "text", "degrade",
         "iters", "bs", "sizes", "lr", "schedule", "pct_start", "cos_start", "seed", "pack",
-        "fft_weight", "second_order",
+        "fft_weight", "second_order", "val_track",
     )
 }  # fmt: skip
 state = None

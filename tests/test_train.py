@@ -192,6 +192,35 @@ def test_packed_crops_and_second_order_pairs(tmp_path, photos):
     assert settings["degradation"]["jpeg_quality"] == [20, 40]
 
 
+def test_warm_start_from_a_checkpoint_and_the_curve_on_a_degraded_track(tmp_path, photos):
+    """The restore run's start (scripts/train_run.sh restore): the clean run's checkpoint reduced
+    to its weights, a new run initialised from them, its curve on evaluate.py's real-world track."""
+    common = [*TINY, "--epochs", "1", "--iters", "2", "--sizes", "16", "--val-every", "2"]
+    train(tmp_path / "clean", photos, *common)
+    init = tmp_path / "init.pth"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "checkpoint.py"), "weights",
+         str(tmp_path / "clean" / "ckpt.pth"), str(init)],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    weights = torch.load(init, weights_only=True)  # plain tensors: no pickled objects
+    assert weights["steps"] == 2 and set(weights["model"]) == set(
+        torch.load(tmp_path / "clean" / "ckpt.pth", weights_only=False)["model"]
+    )
+    # the same weights score the same on the same (bicubic) curve: the warm start is exact
+    same = tmp_path / "same"
+    train(same, photos, *common, "--init-weights", str(init))
+    assert curve(same)[0]["val_psnr"] == curve(tmp_path / "clean")[-1]["val_psnr"]
+    # the real-world track degrades the curve's inputs: the same weights score lower there
+    real = tmp_path / "real"
+    settings = train(
+        real, photos, *common, "--init-weights", str(init), "--val-track", "real_world"
+    )
+    assert settings["val_track"] == "real_world"
+    assert float(curve(real)[0]["val_psnr"]) < float(curve(same)[0]["val_psnr"]) - 0.5
+
+
 def test_rep_convs_fold_into_plain_convs():
     from scripts.model.unet import CompactUNet, build_model
 
