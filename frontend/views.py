@@ -26,6 +26,8 @@ from enhancer.client import TorchServeClient, TorchServeError
 from enhancer.contract import (
     ALLOWED_TEXT,
     CONTENT_TYPES,
+    DENOISE_DEFAULT,
+    DENOISE_LEVELS,
     FILE_EXTENSIONS,
     FORMATS,
     INPUT_MEDIA_TYPES,
@@ -144,6 +146,7 @@ def index():
         "maxText": _megabytes(limit),
         "accepted": ALLOWED_TEXT,
         "extensions": {CONTENT_TYPES[fmt]: FILE_EXTENSIONS[fmt] for fmt in CONTENT_TYPES},
+        "denoiseLevels": list(DENOISE_LEVELS),
     }
     media_types = [media for media, _ in INPUT_MEDIA_TYPES.values()]
     suffixes = [suffix for _, names in INPUT_MEDIA_TYPES.values() for suffix in names]
@@ -155,6 +158,8 @@ def index():
         accepted=ALLOWED_TEXT,
         accept=",".join(media_types + suffixes),
         max_text=_megabytes(limit),
+        denoise_steps=len(DENOISE_LEVELS) - 1,
+        denoise_default=DENOISE_LEVELS.index(DENOISE_DEFAULT),
     )
 
 

@@ -154,3 +154,25 @@ def test_a_restore_model_ships_as_restore_pt_and_makes_the_archive_stale(tmp_pat
     wrong = save_model(tmp_path / "wrong", TinySR(depth=2), name="restore", tile=64)
     with pytest.raises(archive.ArchiveError, match="not one family"):
         archive.build_archive(model, export_path=tmp_path / "store2", restore=wrong)
+
+
+def test_a_restore_pt_beside_the_model_makes_the_pair_by_default(tmp_path, capsys):
+    """model_store/ ships enhancer.pt and restore.pt: `make run` and the archive command serve the
+    pair (the denoise option) without being told; --no-restore archives the model alone."""
+    from scripts.ops.paths import restore_beside
+    from tests.helpers.tiny_models import tiny_sr
+
+    store = tmp_path / "models"
+    clean = tiny_sr(store, name="enhancer", seed=1)
+    assert restore_beside(clean) is None
+    restore = tiny_sr(store, name="restore", seed=2)
+    assert restore_beside(clean) == restore and restore_beside(restore) is None
+    out = tmp_path / "out"
+    assert archive_cli.main(["--model", str(clean), "--export-path", str(out)]) == 0
+    with zipfile.ZipFile(out / "enhancer.mar") as packed:
+        assert packed.read("restore.pt") == restore.read_bytes()
+    assert archive_cli.main(["--model", str(clean), "--export-path", str(out), "--no-restore"]) == 0
+    with zipfile.ZipFile(out / "enhancer.mar") as packed:
+        assert "restore.pt" not in packed.namelist()
+    restore.with_suffix(".json").unlink()  # a model without its card pairs with nothing
+    assert restore_beside(clean) is None

@@ -213,6 +213,12 @@ def test_drop_a_photo_compare_zoom_and_download(site, browser, photo, tmp_path):
     browser.locator("#queue li[data-state=done]").wait_for(timeout=60_000)
 
     assert item.locator(".name").text_content() == "holiday photo.png"
+    # The clean-up slider (denoise) sent its default; this server runs one model, refused it, and
+    # the page sent the photo again without it and turned the slider off, saying why.
+    denoise = browser.locator("#opt-denoise")
+    assert denoise.is_disabled()
+    assert browser.locator("#denoise-value").text_content() == "not available"
+    assert "runs one model" in browser.locator("#denoise-help").text_content()
     sizes = item.locator(".sizes").text_content()
     assert re.search(r"^300×200 px, .* → 600×400 px, .* PNG$", sizes), sizes
     assert item.locator(".status-text").text_content().startswith("Done in")

@@ -136,3 +136,14 @@ def test_the_handler_serves_the_family_and_says_the_level(pair, tmp_path):
     ]
     assert all(open_bytes(out).size == (24, 18) for out in outputs)
     assert outputs[0] != outputs[1]
+
+
+def test_the_triton_binding_serves_the_pair_beside_its_model(pair):
+    """scripts/triton_serve.py loads through ops.triton.load_enhancer: a restore.pt beside the
+    model makes the same clean/restore family the TorchServe archive serves."""
+    from scripts.ops.triton import load_enhancer
+
+    clean, _ = pair
+    engine = load_enhancer(clean, "cpu", TORCHSCRIPT)
+    assert sorted(engine.levels) == list(family.DENOISE_LEVELS)
+    assert engine.default_denoise == TORCHSCRIPT.denoise

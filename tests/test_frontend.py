@@ -409,6 +409,11 @@ def test_page_takes_formats_and_extensions_from_the_contract(client):
     assert config["extensions"] == {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
     for name in contract.FORMATS:
         assert f'value="{name}"' in html
+    # the clean-up slider steps through the served denoise levels, starting at the default
+    assert config["denoiseLevels"] == list(contract.DENOISE_LEVELS)
+    (slider,) = re.findall(r'<input type="range" name="denoise"[^>]*>', html)
+    assert f'max="{len(contract.DENOISE_LEVELS) - 1}"' in slider
+    assert f'value="{contract.DENOISE_LEVELS.index(contract.DENOISE_DEFAULT)}"' in slider
 
 
 def test_page_is_served_with_its_own_assets(client, stub):

@@ -45,6 +45,8 @@
   const quality = document.getElementById('opt-quality');
   const qualityValue = document.getElementById('quality-value');
   const format = document.getElementById('opt-format');
+  const denoise = document.getElementById('opt-denoise');
+  const denoiseValue = document.getElementById('denoise-value');
   const service = document.getElementById('service');
 
   const items = [];
@@ -101,7 +103,24 @@
     const data = new FormData(optionsForm);
     const options = { scale: data.get('scale'), format: data.get('format') };
     if (options.format !== 'png') options.quality = data.get('quality');
+    if (!denoise.disabled) options.denoise = String(config.denoiseLevels[Number(denoise.value)]);
     return options;
+  }
+
+  // The clean-up slider steps through the levels the server blends (enhancer.contract).
+  const DENOISE_WORDS = ['none', 'light', 'medium', 'strong', 'full'];
+  function syncDenoise() {
+    const level = config.denoiseLevels[Number(denoise.value)];
+    denoiseValue.textContent = DENOISE_WORDS[Number(denoise.value)] || String(level);
+  }
+  denoise.addEventListener('input', syncDenoise);
+  syncDenoise();
+
+  // A server with one model (no clean/restore pair) refuses the option: say so, stop sending it.
+  function noDenoise(message) {
+    denoise.disabled = true;
+    denoiseValue.textContent = 'not available';
+    document.getElementById('denoise-help').textContent = message;
   }
 
   function syncQuality() {
@@ -304,6 +323,15 @@
           pump();
         }
       }, wait * 1000);
+      return;
+    }
+    if (type === 'BadRequest' && 'denoise' in item.options && message.startsWith("option 'denoise'")
+        && message.includes('one model')) {
+      // the slider was only this page's default: send the photo again without it
+      noDenoise('This server runs one model: it enlarges and sharpens, without a separate clean-up.');
+      delete item.options.denoise;
+      setStatus(item, 'queued', 'Waiting', null);
+      pump();
       return;
     }
     fail(item, type, type === 'ServiceBusy' ? `${message} Try again in a minute.` : message);

@@ -17,6 +17,11 @@ OPTION_NAMES = ("scale", "format", "quality", "tile", "strength", "denoise")
 OPTION_HEADER_PREFIX = "X-Enhance-"
 # A served clean/restore family: the restore model's file inside the archive (restore.json beside).
 RESTORE_FILE = "restore.pt"
+# The ``denoise`` levels a family serves (blends computed at load; a request's value snaps to the
+# nearest), and the level of a request that sets none (settings.py ``denoise`` overrides it per
+# deployment). 0 is the clean model, 1 the restore model.
+DENOISE_LEVELS = (0.0, 0.25, 0.5, 0.75, 1.0)
+DENOISE_DEFAULT = 0.5
 
 # Values of the ``format`` option; "auto" keeps the input's format where it can.
 FORMATS = ("auto", "png", "jpeg", "webp")

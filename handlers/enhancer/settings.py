@@ -6,6 +6,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from enhancer.contract import DENOISE_DEFAULT
+
 PRECISIONS = ("auto", "float32", "float16", "bfloat16")
 BACKENDS = ("auto", "torchscript", "openvino")  # float32 on a CPU: backends.py
 
@@ -49,7 +51,7 @@ class EnhancerSettings:
     cpu_threads: int = 0
     backend: str = "auto"
     openvino_tile: int = 512
-    denoise: float = 0.5
+    denoise: float = DENOISE_DEFAULT
     jpeg_quality: int = 92
     webp_quality: int = 90
     png_compress_level: int = 3

@@ -26,7 +26,7 @@ from pathlib import Path
 from enhancer.client import TorchServeClient, TorchServeError, worker_statuses
 from enhancer.contract import MODEL_NAME, option_header
 from scripts.ops import archive
-from scripts.ops.paths import CONFIG, DEFAULT_MODEL, MODEL_STORE, RUN_DIR
+from scripts.ops.paths import CONFIG, DEFAULT_MODEL, MODEL_STORE, RUN_DIR, restore_beside
 from scripts.ops.processes import alive, children, runs
 from scripts.ops.properties import read_properties
 
@@ -362,9 +362,16 @@ def start(
             '"Train, export, evaluate"); or serve your own: '
             "python -m scripts.serve start --model path/to/model.pt"
         )
+    restore = restore_beside(model)
+    if restore is not None:
+        log(f"serving the clean/restore pair: {model.name} and {restore.name} (the denoise option)")
     try:
-        stale = archive.is_stale(MODEL_STORE / f"{MODEL_NAME}.mar", model, name=MODEL_NAME)
-        mar = archive.build_archive(model, name=MODEL_NAME, export_path=MODEL_STORE)
+        stale = archive.is_stale(
+            MODEL_STORE / f"{MODEL_NAME}.mar", model, name=MODEL_NAME, restore=restore
+        )
+        mar = archive.build_archive(
+            model, name=MODEL_NAME, export_path=MODEL_STORE, restore=restore
+        )
     except archive.ArchiveError as error:
         raise ServeError(str(error)) from None
     digest = archive.file_sha256(mar)
