@@ -277,3 +277,20 @@ def test_measure_speed(tmp_path):
     speed = evaluate.measure_speed(str(pt), None, str(tmp_path / "p.png"), "cpu", reps=1)
     assert speed["output_mp"] == pytest.approx(80 * 100 / 1e6) and speed["output_mp_per_s"] > 0
     assert speed["tile"] == 32 and speed["overlap"] == 4
+
+
+def test_family_levels_score_the_pair_as_served(tmp_path, hr_folder):
+    """--restore: a row per denoise level; 0 and 1 are exactly the clean and restore models."""
+    from tests.helpers.tiny_models import tiny_sr
+
+    clean = tiny_sr(tmp_path / "pair", name="enhancer", seed=1)
+    restore = tiny_sr(tmp_path / "pair", name="restore", seed=2)
+    methods = {
+        "clean": evaluate.engine_upscaler(str(clean), None, "cpu")[0],
+        "restore": evaluate.engine_upscaler(str(restore), None, "cpu")[0],
+        **evaluate.family_upscalers(str(clean), str(restore), [0.0, 0.5, 1.0], "cpu"),
+    }
+    assert list(methods)[2:] == ["denoise 0", "denoise 0.5", "denoise 1"]
+    (row,) = evaluate.evaluate([str(hr_folder)], [2], methods, ["bicubic"], 0, log=lambda m: None)
+    assert row["denoise 0"] == row["clean"] and row["denoise 1"] == row["restore"]
+    assert row["denoise 0.5"] not in (row["clean"], row["restore"])
