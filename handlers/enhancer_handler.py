@@ -62,7 +62,8 @@ class EnhancerHandler(BaseHandler):
                 items.append(error)
                 continue
             items.append(self.enhancer.try_prepare(image, options))
-        return items
+        # the whole batch must end within the time budget: late jobs that would not are 503
+        return self.enhancer.admit_batch(items)
 
     def inference(self, data, *args, **kwargs):
         """Run the model passes of every valid request together."""
