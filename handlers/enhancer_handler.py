@@ -6,8 +6,8 @@ archive (``--extra-files``), and imported by name like everywhere else in the pr
 
 Requests: the raw image as the body (``curl -T photo.jpg``) with options as ``X-Enhance-*`` headers,
 or multipart with the image in ``data`` and options as fields (``enhancer.serving.torchserve``).
-Each request in a TorchServe batch gets its own status: a bad one is answered 400/413/415/507 with a
-JSON body, the others succeed, and the worker lives on.
+Each request in a TorchServe batch gets its own status: a bad one is answered 400/413/415/503/507
+with a JSON body, the others succeed, and the worker lives on.
 
 At start the unpacked archive is checked against its manifest (``enhancer.integrity``) before the
 engine is imported: a damaged or edited file refuses the start with one line naming it.

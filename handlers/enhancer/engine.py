@@ -273,7 +273,7 @@ class Enhancer:
         tile, at most 256) enhanced 2x to PNG through all three stages, twice; the second run is
         timed (the first warms the backend up). Noise is the worst case for the encoder, and one
         window smaller than the tile costs more per pixel than the tiles of a large image: the
-        estimates lean to the safe side. About 2 s of a worker's start on this CPU."""
+        estimates lean to the safe side. 2-6 s of a worker's start on this CPU, with the model."""
         side = side or min(self.tile, 256)
         pixels = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
         buffer = io.BytesIO()
