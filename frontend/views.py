@@ -65,10 +65,15 @@ def _client() -> TorchServeClient:
 
 
 def error_response(
-    status: int, kind: str, message: str, retry_after: int | None = None
+    status: int,
+    kind: str,
+    message: str,
+    retry_after: int | None = None,
+    extra: dict[str, object] | None = None,
 ) -> Response:
-    """A JSON error shaped like the service's own: ``{"code", "type", "message"}``."""
-    response = jsonify(error_body(status, kind, message))
+    """A JSON error shaped like the service's own: ``{"code", "type", "message"}`` (plus
+    ``extra`` fields, e.g. a 413's ``max_scale``)."""
+    response = jsonify(error_body(status, kind, message, **(extra or {})))
     response.status_code = status
     if retry_after:
         response.headers["Retry-After"] = str(retry_after)
@@ -204,7 +209,9 @@ def enhance():
     try:
         result = _client().enhance(data, options)
     except TorchServeError as error:
-        return error_response(error.status, error.kind, error.message, error.retry_after)
+        return error_response(
+            error.status, error.kind, error.message, error.retry_after, error.extra
+        )
 
     def stream():
         try:

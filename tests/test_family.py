@@ -13,6 +13,7 @@ from enhancer import family
 from enhancer.card import file_sha256
 from enhancer.engine import Enhancer
 from enhancer.errors import OptionError
+from enhancer.integrity import write_manifest
 from enhancer.settings import EnhancerSettings
 from tests.helpers.context import FakeContext, load_handler_class
 from tests.helpers.images import gradient, open_bytes, to_bytes
@@ -118,6 +119,7 @@ def test_the_handler_serves_the_family_and_says_the_level(pair, tmp_path):
             (folder / path.with_suffix(suffix).name).write_bytes(
                 path.with_suffix(suffix).read_bytes()
             )
+    write_manifest(folder)
     context = FakeContext(folder, {"backend": "torchscript", "denoise": 0.25})
     context.manifest["model"]["serializedFile"] = "clean.pt"
     handler = load_handler_class()()

@@ -24,6 +24,7 @@
     ServiceBusy: 'Service busy',
     ServiceUnavailable: 'Service down',
     BadGateway: 'The service failed',
+    WorkerDied: 'The service crashed',
     GatewayTimeout: 'Timed out',
     InternalServerError: 'Page error',
     Network: 'Connection failed',
@@ -142,6 +143,7 @@
       state: 'queued',
       options: currentOptions(),
       retries: 0,
+      suggestedScale: null, // the largest scale the service said fits, after a 413 for too much work
       xhr: null,
       input: { url: URL.createObjectURL(file), width: 0, height: 0 },
       result: null,
@@ -172,6 +174,10 @@
     item.parts.remove.addEventListener('click', () => removeItem(item));
     item.parts.retry.addEventListener('click', () => {
       item.options = currentOptions();
+      // After "too much work", the retry asks for the largest scale the service said fits.
+      if (item.suggestedScale) item.options.scale = String(item.suggestedScale);
+      item.suggestedScale = null;
+      item.parts.retry.textContent = 'Try again';
       item.retries = 0;
       item.parts.error.hidden = true;
       item.parts.retry.hidden = true;
@@ -335,7 +341,12 @@
       return;
     }
     fail(item, type, type === 'ServiceBusy' ? `${message} Try again in a minute.` : message);
-    if (type === 'ServiceUnavailable' || type === 'BadGateway') checkHealth();
+    // Too much work for the time the service allows: offer the largest scale that fits.
+    if (type === 'PayloadTooLarge' && body && typeof body.max_scale === 'number') {
+      item.suggestedScale = body.max_scale;
+      item.parts.retry.textContent = `Try at ${body.max_scale}×`;
+    }
+    if (type === 'ServiceUnavailable' || type === 'BadGateway' || type === 'WorkerDied') checkHealth();
   }
 
   async function showResult(item, blob, type) {

@@ -112,6 +112,7 @@ def option_header(name: str) -> str:
     return f"{OPTION_HEADER_PREFIX}{name.capitalize()}"
 
 
-def error_body(status: int, kind: str, message: str) -> dict[str, object]:
-    """An error's JSON body, shaped like TorchServe's own: ``{"code", "type", "message"}``."""
-    return {"code": status, "type": kind, "message": message}
+def error_body(status: int, kind: str, message: str, **extra: object) -> dict[str, object]:
+    """An error's JSON body, shaped like TorchServe's own: ``{"code", "type", "message"}``, plus
+    ``extra`` fields (``max_scale`` of a 413 for too much work: the largest scale that fits)."""
+    return {"code": status, "type": kind, "message": message, **extra}

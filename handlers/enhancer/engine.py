@@ -12,16 +12,30 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import logging
+import math
 import os
+import time
 from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
+from enhancer.admission import Throughput, largest_scale, work
 from enhancer.card import ModelCard
-from enhancer.errors import EnhanceError, InternalError, OptionError, OutOfMemory, PayloadTooLarge
+from enhancer.errors import (
+    Busy,
+    EnhanceError,
+    InternalError,
+    OptionError,
+    OutOfMemory,
+    PayloadTooLarge,
+    TooMuchWork,
+)
 from enhancer.family import DENOISE_LEVELS, blend, check_family, snap
 from enhancer.imaging import (
     CONTENT_TYPES,
@@ -65,6 +79,7 @@ class Job:
     target: tuple[int, int]
     plan: list[Pass]
     denoise: float | None = None  # the level it runs at, when the engine has a model family
+    estimate: float | None = None  # seconds it should take, when the engine admits by cost
     color: torch.Tensor | None = None  # the enhanced colour planes once ``run`` succeeded
     error: EnhanceError | None = None
 
@@ -144,6 +159,9 @@ class Enhancer:
         self.batch_size = (
             settings.tile_batch_gpu if self.device.type == "cuda" else settings.tile_batch_cpu
         )
+        # Admission by cost (admission.py): off until ``admit_within`` gives a budget.
+        self.budget: float | None = None
+        self.throughput: Throughput | None = None
 
     @classmethod
     def load(
@@ -203,13 +221,14 @@ class Enhancer:
         denoise = self._denoise_level(options)
         image, fmt = open_image(data, self.settings.max_input_pixels)
         self._check_output_pixels(image.size, options.scale)
+        estimate = self._check_cost(image.size, options)
         picture = load_picture(image, data, fmt)
         width, height = picture.size
         target = output_size(width, height, options.scale)
         out_format = resolve_format(options.format, picture)
         check_output_format(out_format, target)
         plan = plan_passes(width, height, options.scale)
-        return Job(options, picture, out_format, target, plan, denoise)
+        return Job(options, picture, out_format, target, plan, denoise, estimate)
 
     def _denoise_level(self, options: Options) -> float | None:
         """The precomputed level a request runs at, or None for an engine of one model."""
@@ -232,6 +251,131 @@ class Enhancer:
                 f"at scale {scale:g}; "
                 f"the limit is {self.settings.max_output_pixels:,} pixels"
             )
+
+    # -- admission by cost (admission.py) --------------------------------------------------------
+
+    def admit_within(self, budget: float, throughput: Throughput | None = None) -> Throughput:
+        """Refuse from now on every request estimated to take more than ``budget`` seconds.
+
+        Args:
+            budget: seconds one model call of the server may take (a share of its timeout).
+            throughput: the speed to estimate with; default: measured now (``calibrate``).
+
+        Returns:
+            The throughput the estimates use.
+        """
+        self.throughput = throughput or self.calibrate()
+        self.budget = budget
+        return self.throughput
+
+    def calibrate(self, side: int | None = None) -> Throughput:
+        """Measure this engine's own speed: a noise image of ``side`` x ``side`` (default: the
+        tile, at most 256) enhanced 2x to PNG through all three stages, twice; the second run is
+        timed (the first warms the backend up). Noise is the worst case for the encoder, and one
+        window smaller than the tile costs more per pixel than the tiles of a large image: the
+        estimates lean to the safe side. 2-6 s of a worker's start on this CPU, with the model."""
+        side = side or min(self.tile, 256)
+        pixels = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, "PNG", compress_level=1)
+        data = buffer.getvalue()
+        options = {"scale": "2", "format": "png"}
+        # calibrating is never refused, whatever the limits and the budget
+        budget, settings = self.budget, self.settings
+        self.budget = None
+        self.settings = dataclasses.replace(
+            settings,
+            max_input_pixels=max(settings.max_input_pixels, side * side),
+            max_output_pixels=max(settings.max_output_pixels, 4 * side * side),
+            max_output_bytes=max(settings.max_output_bytes, 16 * side * side),
+        )
+        try:
+            for _ in range(2):
+                started = time.perf_counter()
+                job = self.prepare(data, options)
+                prepared = time.perf_counter()
+                self.run([job])
+                ran = time.perf_counter()
+                self.finish(job)
+                finished = time.perf_counter()
+        finally:
+            self.budget, self.settings = budget, settings
+        model_pixels, output_pixels = work(side, side, 2.0, self.card, self.tile)
+        throughput = Throughput(
+            (ran - prepared) / model_pixels,
+            (prepared - started + finished - ran) / output_pixels,
+            self.runner.backend,
+            str(self.device),
+        )
+        logger.info("calibrated on a %dx%d noise image: %s", side, side, throughput.describe())
+        return throughput
+
+    def estimate(self, width: int, height: int, scale: float, tile: int | None = None) -> float:
+        """Seconds enhancing a ``width`` x ``height`` image ``scale`` times should take here.
+
+        Raises:
+            RuntimeError: the engine was not calibrated (``admit_within``, ``calibrate``).
+        """
+        if self.throughput is None:
+            raise RuntimeError("estimate() needs a throughput: call admit_within() first")
+        return self.throughput.seconds(work(width, height, scale, self.card, tile or self.tile))
+
+    def _check_cost(self, size: tuple[int, int], options: Options) -> float | None:
+        """The request's estimated seconds; TooMuchWork (413) when they are over the budget."""
+        if self.budget is None or self.throughput is None:
+            return None
+        width, height = size
+        tile = options.tile or self.tile
+        seconds = self.estimate(width, height, options.scale, tile)
+        if seconds <= self.budget:
+            return seconds
+
+        def fits(scale: float) -> bool:
+            out_w, out_h = output_size(width, height, scale)
+            return (
+                out_w * out_h <= self.settings.max_output_pixels
+                and self.estimate(width, height, scale, tile) <= self.budget
+            )
+
+        best = largest_scale(fits, options.scale)
+        head = (
+            f"too much work: {width}x{height} at scale {options.scale:g} needs about "
+            f"{seconds:.0f} s here, over the time budget of {self.budget:.0f} s per request; "
+        )
+        if best is not None:
+            raise TooMuchWork(f"{head}the largest scale that fits this image is {best:g}", best)
+        # even scale 1 does not fit: say how small an image would, at the asked scale
+        shrink = math.sqrt(self.budget / seconds)
+        for _ in range(40):
+            smaller = (max(1, int(width * shrink)), max(1, int(height * shrink)))
+            if self.estimate(*smaller, options.scale, tile) <= self.budget:
+                break
+            shrink *= 0.95
+        raise TooMuchWork(
+            f"{head}no scale fits this image; about {smaller[0]}x{smaller[1]} would at scale "
+            f"{options.scale:g}",
+            None,
+        )
+
+    def admit_batch(self, items: Sequence[Job | EnhanceError]) -> list[Job | EnhanceError]:
+        """The items of one model call, with a Busy (503) error in place of each job that fits the
+        budget alone but not after the jobs before it (the whole call must end in time)."""
+        if self.budget is None:
+            return list(items)
+        admitted = []
+        total = 0.0
+        for item in items:
+            if isinstance(item, Job) and item.estimate is not None:
+                if total > 0 and total + item.estimate > self.budget:
+                    item = Busy(
+                        f"busy: this image needs about {item.estimate:.0f} s and the worker's "
+                        f"current batch already {total:.0f} s of its {self.budget:.0f} s budget; "
+                        "retry in a moment"
+                    )
+                else:
+                    total += item.estimate
+            admitted.append(item)
+        return admitted
 
     # -- stage 2 ---------------------------------------------------------------------------------
 
