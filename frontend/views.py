@@ -46,7 +46,14 @@ _OPTION_VALUE = re.compile(r"[A-Za-z0-9.+-]{1,16}")
 # The scales the page offers; the API takes any value from 1 to 8.
 SCALES = (1, 1.5, 2, 3, 4, 6, 8)
 # How the page names the contract's formats in its menu.
-FORMAT_LABELS = {"auto": "Same as input", "png": "PNG", "jpeg": "JPEG", "webp": "WebP"}
+FORMAT_LABELS = {
+    "auto": "Same as input",
+    "png": "PNG",
+    "jpeg": "JPEG",
+    "webp": "WebP",
+    "avif": "AVIF",
+    "tiff": "TIFF",
+}
 # JSON "type" for the page's own HTTP errors (the service's types for the rest).
 _TYPES = {
     400: "BadRequest",

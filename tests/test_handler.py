@@ -153,7 +153,7 @@ BAD = [
         "BadRequest",
         "'strength'",
     ),
-    ("tiff", {"body": "tiff"}, {}, 415, "UnsupportedMediaType", "TIFF"),
+    ("psd", {"body": "psd"}, {}, 415, "UnsupportedMediaType", "PSD"),
     ("animated", {"body": "gif"}, {}, 415, "UnsupportedMediaType", "3 frames"),
     ("huge-header", {"body": "huge"}, {}, 413, "PayloadTooLarge", "16,777,216"),
     (
@@ -182,7 +182,7 @@ def test_a_batch_where_some_requests_are_bad(handler, model_dir):
     good_png, good_jpeg = to_bytes(photo(12, 9, seed=1)), to_bytes(photo(10, 7, seed=2), "JPEG")
     special = {
         None: good_jpeg,
-        "tiff": to_bytes(photo(), "TIFF"),
+        "psd": b"8BPS\x00\x01" + b"\x00" * 40,
         "gif": animated("GIF", 3),
         "huge": png_header(20000, 20000),
         "big": png_header(
