@@ -412,7 +412,8 @@ def test_page_takes_formats_and_extensions_from_the_contract(client):
     assert config["extensions"]["image/avif"] == "avif"
     assert config["extensions"]["image/tiff"] == "tif"
     for name in contract.FORMATS:
-        assert f'value="{name}"' in html
+        # TIFF is written by the API and the batch command; no browser can show it
+        assert (f'value="{name}"' in html) == (name != "tiff"), name
 
 
 def test_page_is_served_with_its_own_assets(client, stub):
@@ -591,6 +592,18 @@ def test_content_is_sniffed_not_trusted(client, stub, data):
     assert ALLOWED_TEXT in body["message"]
     assert response.headers["X-Content-Type-Options"] == "nosniff"
     assert stub.predictions == []
+
+
+def test_tiff_results_come_back_as_png_for_the_browser(client, stub):
+    response = upload(
+        client, image_bytes(fmt="TIFF"), filename="scan.tif", content_type="image/tiff"
+    )
+    assert response.status_code == 200
+    [(headers, _)] = stub.predictions
+    assert headers["X-Enhance-Format"] == "png"  # auto would be TIFF, which the page cannot show
+    response = upload(client, image_bytes(), format="tif")
+    assert_error(response, 400, "BadRequest")
+    assert len(stub.predictions) == 1
 
 
 @pytest.mark.parametrize(
