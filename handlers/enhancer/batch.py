@@ -56,6 +56,9 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 # handlers/model-config.yaml: the server's settings (limits, default denoise), used in-process too.
 MODEL_CONFIG = PACKAGE_DIR.parent / "model-config.yaml"
 REPO_MODEL = PACKAGE_DIR.parents[1] / "model_store" / f"{MODEL_NAME}.pt"
+# Where ``make run`` has TorchServe write its keys.
+KEY_FILE = Path(".run") / "key_file.json"
+REPO_KEY_FILE = PACKAGE_DIR.parents[1] / KEY_FILE
 EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 1, 2, 130
 
 
@@ -320,7 +323,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="enhance",
         description=__doc__.split("\n\n")[0],
-        epilog=__doc__.split("\n\n", 2)[2],
+        epilog=__doc__.split("\n\n", 1)[1],
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("inputs", nargs="+", type=Path, help="image files and folders")
@@ -361,8 +364,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     remote.add_argument(
         "--key-file",
         type=Path,
-        default=Path(".run/key_file.json"),
-        help="TorchServe's key file (default: .run/key_file.json, where make run puts it)",
+        help=f"TorchServe's key file (default: {KEY_FILE} here, else {REPO_KEY_FILE})",
     )
     remote.add_argument("--management-url", default="", help="to rotate an expired key")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -416,8 +418,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         if args.server:
+            key_file = args.key_file or (KEY_FILE if KEY_FILE.is_file() else REPO_KEY_FILE)
             backend: Local | Remote = Remote(
-                args.server, args.key_file, args.management_url, args.config
+                args.server, key_file, args.management_url, args.config
             )
         else:
             model = args.model or _default_model()
