@@ -95,7 +95,8 @@ def open_image(data: bytes, max_input_pixels: int) -> tuple[Image.Image, str]:
         raise BadRequest(f"not a readable image: {fmt} data is corrupt ({_short(error)})") from None
     if frames > 1:
         raise UnsupportedMedia(
-            f"animated images are not supported ({fmt} with {frames} frames): send a single frame"
+            f"animated images are not supported ({fmt} with {frames} frames; multi-page TIFF and "
+            "multi-image HEIF count as animated): send a single frame"
         )
     if fmt == "PNG":
         _png_chunks(data)  # CRCs, which Pillow skips for the pixel data
