@@ -29,11 +29,13 @@ from enhancer.contract import (
     DENOISE_DEFAULT,
     DENOISE_LEVELS,
     FILE_EXTENSIONS,
+    FORMAT_ALIASES,
     FORMATS,
     INPUT_MEDIA_TYPES,
     OPTION_NAMES,
     error_body,
     is_allowed_image,
+    sniff_format,
 )
 from frontend.security import SECURITY_HEADERS, BodyTooLarge, cross_site
 
@@ -48,7 +50,18 @@ _OPTION_VALUE = re.compile(r"[A-Za-z0-9.+-]{1,16}")
 # The scales the page offers; the API takes any value from 1 to 8.
 SCALES = (1, 1.5, 2, 3, 4, 6, 8)
 # How the page names the contract's formats in its menu.
-FORMAT_LABELS = {"auto": "Same as input", "png": "PNG", "jpeg": "JPEG", "webp": "WebP"}
+FORMAT_LABELS = {
+    "auto": "Same as input",
+    "png": "PNG",
+    "jpeg": "JPEG",
+    "webp": "WebP",
+    "avif": "AVIF",
+    "tiff": "TIFF",
+}
+# Output formats a browser cannot show (the page previews every result): the API and the batch
+# command write them; the page leaves them out of its menu, and asks for PNG where ``auto`` would
+# give one.
+BROWSER_UNSHOWN = ("tiff",)
 # JSON "type" for the page's own HTTP errors (the service's types for the rest).
 _TYPES = {
     400: "BadRequest",
@@ -159,7 +172,11 @@ def index():
         "index.html",
         page_config=page_config,
         scales=SCALES,
-        formats=[(name, FORMAT_LABELS.get(name, name.upper())) for name in FORMATS],
+        formats=[
+            (name, FORMAT_LABELS.get(name, name.upper()))
+            for name in FORMATS
+            if name not in BROWSER_UNSHOWN
+        ],
         accepted=ALLOWED_TEXT,
         accept=",".join(media_types + suffixes),
         max_text=_megabytes(limit),
@@ -206,6 +223,10 @@ def enhance():
             "UnsupportedMediaType",
             f"This file is not an image the service can read: send {ALLOWED_TEXT}.",
         )
+    if options.get("format", "auto") == "auto" and sniff_format(data) == "TIFF":
+        options["format"] = "png"  # auto would answer a TIFF, which no browser shows
+    if FORMAT_ALIASES.get(options.get("format", ""), options.get("format")) in BROWSER_UNSHOWN:
+        abort(400, "The page shows every result: ask for PNG, JPEG, WebP or AVIF.")
     try:
         result = _client().enhance(data, options)
     except TorchServeError as error:

@@ -33,6 +33,7 @@ import pytest
 import requests
 from PIL import Image
 
+from enhancer.contract import ALLOWED_TEXT
 from scripts import page as page_cli
 from scripts.ops import container
 from scripts.ops import page as page_script
@@ -314,7 +315,7 @@ def test_errors_say_what_went_wrong(site, browser):
 
     message = not_image.locator(".error").text_content()
     assert message.startswith("Not an image: This file is not an image the service can read")
-    assert "PNG, JPEG, WebP, GIF or BMP" in message
+    assert ALLOWED_TEXT in message
     assert not not_image.locator(".retry").is_visible()  # the same file would fail again
     # The hostile name is shown as text; nothing it contains ran or became an element.
     assert not_image.locator(".name").text_content() == hostile

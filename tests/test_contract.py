@@ -53,7 +53,7 @@ def test_one_copy_of_the_option_names_and_prefix():
     assert contract.option_header("scale") == "X-Enhance-Scale"
 
 
-@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "GIF", "BMP"])
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "AVIF"])
 def test_sniffs_every_accepted_format(fmt):
     from PIL import Image
 
@@ -65,9 +65,9 @@ def test_sniffs_every_accepted_format(fmt):
 @pytest.mark.parametrize(
     "data,name",
     [
-        (b"II*\x00" + b"\x00" * 40, "TIFF"),
+        (b"8BPS\x00\x01" + b"\x00" * 40, "PSD"),
         (b"<svg xmlns='http://www.w3.org/2000/svg'/>", "text (HTML, SVG, XML or JSON)"),
-        (b"\x00\x00\x00\x18ftypheic" + b"\x00" * 20, "HEIF"),
+        (b"\x00\x00\x00\x18ftypcrx " + b"\x00" * 20, "ISO media"),  # a Canon raw file
         (b"BMW 320i, 2004, good condition" + b" " * 40, None),  # starts like a BMP, is not one
         (b"", None),
     ],

@@ -30,7 +30,7 @@ from werkzeug.test import EnvironBuilder
 from werkzeug.wrappers import Request
 
 from enhancer.client import TorchServeClient
-from enhancer.contract import sniff_format
+from enhancer.contract import ALLOWED_TEXT, sniff_format
 from frontend import create_app
 from frontend.security import FORM_ALLOWANCE, MIN_FORM_MEMORY_SIZE
 from tests.helpers.images import padded
@@ -407,9 +407,14 @@ def test_page_takes_formats_and_extensions_from_the_contract(client):
     config = json.loads(
         re.search(r'<script type="application/json" id="page-config">(.*?)</script>', html, re.S)[1]
     )
-    assert config["extensions"] == {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
+    assert config["extensions"] == {
+        contract.CONTENT_TYPES[fmt]: ext for fmt, ext in contract.FILE_EXTENSIONS.items()
+    }
+    assert config["extensions"]["image/avif"] == "avif"
+    assert config["extensions"]["image/tiff"] == "tif"
     for name in contract.FORMATS:
-        assert f'value="{name}"' in html
+        # TIFF is written by the API and the batch command; no browser can show it
+        assert (f'value="{name}"' in html) == (name != "tiff"), name
     # the clean-up slider steps through the served denoise levels, starting at the default
     assert config["denoiseLevels"] == list(contract.DENOISE_LEVELS)
     (slider,) = re.findall(r'<input type="range" name="denoise"[^>]*>', html)
@@ -523,7 +528,7 @@ def test_empty_options_are_left_to_the_service(client, stub):
     assert not [name for name in headers if name.lower().startswith("x-enhance-")]
 
 
-@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "GIF", "BMP"])
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "AVIF"])
 def test_every_accepted_format_goes_through(client, stub, fmt):
     data = image_bytes(fmt=fmt)
     assert sniff_format(data) == fmt
@@ -580,18 +585,45 @@ def test_bad_uploads_are_400_and_never_forwarded(client, stub, form, message):
         b"<!doctype html><html><script>alert(1)</script></html>",
         b'<svg xmlns="http://www.w3.org/2000/svg"><script>alert(1)</script></svg>',
         b"%PDF-1.7\n" + b"0" * 100,
-        b"II*\x00" + b"\0" * 100,  # TIFF: an image, but not one the service takes
+        b"8BPS\x00\x01" + b"\0" * 100,  # PSD: an image, but not one the service takes
         b"BMW 320i, 2004, good condition" + b" " * 40,  # starts like a BMP, is not one
         bytes(range(256)) * 4,
     ],
-    ids=["html", "svg", "pdf", "tiff", "bm-text", "binary"],
+    ids=["html", "svg", "pdf", "psd", "bm-text", "binary"],
 )
 def test_content_is_sniffed_not_trusted(client, stub, data):
     # F4: HTML bytes declared as image/png under a .png name is still refused.
     response = upload(client, data, filename="photo.png", content_type="image/png")
     body = assert_error(response, 415, "UnsupportedMediaType")
-    assert "PNG, JPEG, WebP, GIF or BMP" in body["message"]
+    assert ALLOWED_TEXT in body["message"]
     assert response.headers["X-Content-Type-Options"] == "nosniff"
+    assert stub.predictions == []
+
+
+def test_tiff_results_come_back_as_png_for_the_browser(client, stub):
+    response = upload(
+        client, image_bytes(fmt="TIFF"), filename="scan.tif", content_type="image/tiff"
+    )
+    assert response.status_code == 200
+    [(headers, _)] = stub.predictions
+    assert headers["X-Enhance-Format"] == "png"  # auto would be TIFF, which the page cannot show
+    response = upload(client, image_bytes(), format="tif")
+    assert_error(response, 400, "BadRequest")
+    assert len(stub.predictions) == 1
+
+
+@pytest.mark.parametrize(
+    "data, filename, content_type",
+    [
+        (b"<!doctype html><html><script>alert(1)</script></html>", "IMG_0001.HEIC", "image/heic"),
+        (b"8BPS\x00\x01" + b"\0" * 100, "scan.tif", "image/tiff"),
+        (b"\x00\x00\x00\x18ftypcrx " + b"\0" * 100, "photo.avif", "image/avif"),
+    ],
+    ids=["html-as-heic", "psd-as-tiff", "camera-raw-as-avif"],
+)
+def test_new_formats_are_sniffed_too(client, stub, data, filename, content_type):
+    response = upload(client, data, filename=filename, content_type=content_type)
+    assert_error(response, 415, "UnsupportedMediaType")
     assert stub.predictions == []
 
 

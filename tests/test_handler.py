@@ -17,7 +17,15 @@ from PIL import Image
 
 from enhancer.integrity import MANIFEST_FILE, ArchiveDamagedError, verify_folder, write_manifest
 from tests.helpers.context import FakeContext, load_handler_class
-from tests.helpers.images import animated, gradient, open_bytes, png_header, to_bytes
+from tests.helpers.images import (
+    animated,
+    gradient,
+    ispe_declaring,
+    open_bytes,
+    png_header,
+    tiff_bytes,
+    to_bytes,
+)
 
 EnhancerHandler = load_handler_class()  # TorchServe imports it by its bare name
 
@@ -154,7 +162,7 @@ BAD = [
         "BadRequest",
         "'strength'",
     ),
-    ("tiff", {"body": "tiff"}, {}, 415, "UnsupportedMediaType", "TIFF"),
+    ("psd", {"body": "psd"}, {}, 415, "UnsupportedMediaType", "PSD"),
     ("animated", {"body": "gif"}, {}, 415, "UnsupportedMediaType", "3 frames"),
     ("huge-header", {"body": "huge"}, {}, 413, "PayloadTooLarge", "16,777,216"),
     (
@@ -183,7 +191,7 @@ def test_a_batch_where_some_requests_are_bad(handler, model_dir):
     good_png, good_jpeg = to_bytes(photo(12, 9, seed=1)), to_bytes(photo(10, 7, seed=2), "JPEG")
     special = {
         None: good_jpeg,
-        "tiff": to_bytes(photo(), "TIFF"),
+        "psd": b"8BPS\x00\x01" + b"\x00" * 40,
         "gif": animated("GIF", 3),
         "huge": png_header(20000, 20000),
         "big": png_header(
@@ -207,6 +215,38 @@ def test_a_batch_where_some_requests_are_bad(handler, model_dir):
         assert (body["code"], body["type"]) == (status, kind), name
         assert words in body["message"], (name, body["message"])
         assert context.statuses[idx] == (status, PHRASES[status]), name
+
+
+def test_heic_avif_and_tiff_in_one_batch(handler, model_dir):
+    """The new formats through the TorchServe handler, good and bad side by side (issue 12)."""
+    photo = Image.fromarray(gradient(32, 24))
+    heic = to_bytes(photo, "HEIF")
+    requests = [
+        ({"body": bytearray(heic)}, {}),
+        ({"data": bytearray(to_bytes(photo, "AVIF")), "scale": bytearray(b"1.5")}, {}),
+        ({"body": bytearray(to_bytes(photo, "TIFF"))}, {"X-Enhance-Format": "avif"}),
+        ({"body": bytearray(to_bytes(photo))}, {"X-Enhance-Format": "tiff"}),
+        ({"body": bytearray(heic[: len(heic) // 2])}, {}),
+        ({"body": bytearray(tiff_bytes(gradient(8, 8), declared=(5000, 5000)))}, {}),
+        (
+            {
+                "body": bytearray(
+                    ispe_declaring(
+                        to_bytes(Image.fromarray(gradient(64, 64)), "HEIF"), 20000, 20000
+                    )
+                )
+            },
+            {},
+        ),  # fmt: skip
+        ({"body": bytearray(animated("TIFF", 3))}, {}),
+    ]
+    outputs, context = handle(handler, model_dir, requests)
+    expected = [("image/jpeg", (64, 48)), ("image/avif", (48, 36)), ("image/avif", (64, 48)),
+                ("image/tiff", (64, 48))]  # fmt: skip
+    for idx, (content_type, size) in enumerate(expected):
+        assert context.content_types[idx] == content_type, idx
+        assert open_bytes(bytes(outputs[idx])).size == size, idx
+    assert [error_of(outputs, context, i)["code"] for i in range(4, 8)] == [400, 413, 413, 415]
 
 
 def test_the_worker_survives_an_all_bad_batch(handler, model_dir):

@@ -94,7 +94,7 @@ def test_format_values(raw, expected):
     assert parse({"format": raw}).format == expected
 
 
-@pytest.mark.parametrize("raw", ["gif", "bmp", "tiff", "", "png; rm -rf /", "jpeg2000", "x" * 500])
+@pytest.mark.parametrize("raw", ["gif", "bmp", "heic", "", "png; rm -rf /", "jpeg2000", "x" * 500])
 def test_bad_format_is_400_naming_format(raw):
     with pytest.raises(OptionError) as caught:
         parse({"format": raw})

@@ -332,8 +332,8 @@ BAD_REQUESTS = [
         "'big' is not a number",
     ),
     (
-        "format-tiff",
-        lambda ts: post_form(ts, photo_bytes(20, 20), format="tiff"),
+        "format-gif",
+        lambda ts: post_form(ts, photo_bytes(20, 20), format="gif"),
         400,
         "BadRequest",
         "option 'format'",
@@ -353,11 +353,11 @@ BAD_REQUESTS = [
         "HTML",
     ),
     (
-        "tiff",
-        lambda ts: post_raw(ts, photo_bytes(20, 20, "TIFF")),
+        "psd",
+        lambda ts: post_raw(ts, b"8BPS\x00\x01" + b"\x00" * 40),
         415,
         "UnsupportedMediaType",
-        "TIFF",
+        "PSD",
     ),
     ("empty-body", lambda ts: post_raw(ts, b""), 400, "BadRequest", "empty image"),
     (

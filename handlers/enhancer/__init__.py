@@ -4,6 +4,7 @@ Installed by pyproject (package folder ``handlers/enhancer``) and shipped whole 
 archive with ``--extra-files``; it is imported by name, never by editing the import path.
 Torch-free modules:
 ``contract``, ``errors``, ``card``, ``settings``, ``options``, ``passes`` (and ``client``).
+``batch`` is the ``enhance`` command (a console script): the engine, or a server, over files.
 """
 
 import logging

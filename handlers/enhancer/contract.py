@@ -23,16 +23,25 @@ RESTORE_FILE = "restore.pt"
 DENOISE_LEVELS = (0.0, 0.25, 0.5, 0.75, 1.0)
 DENOISE_DEFAULT = 0.5
 
-# Values of the ``format`` option; "auto" keeps the input's format where it can.
-FORMATS = ("auto", "png", "jpeg", "webp")
-FORMAT_ALIASES = {"jpg": "jpeg"}
-CONTENT_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
+# Values of the ``format`` option; "auto" keeps the input's format where it can be written (PNG
+# for alpha and 16 bits, JPEG for HEIC: imaging/encode.py resolve_format).
+FORMATS = ("auto", "png", "jpeg", "webp", "avif", "tiff")
+FORMAT_ALIASES = {"jpg": "jpeg", "tif": "tiff"}
+CONTENT_TYPES = {
+    "png": "image/png",
+    "jpeg": "image/jpeg",
+    "webp": "image/webp",
+    "avif": "image/avif",
+    "tiff": "image/tiff",
+}
 # The file name extension of each output format (what the page names a download).
-FILE_EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp"}
+FILE_EXTENSIONS = {"png": "png", "jpeg": "jpg", "webp": "webp", "avif": "avif", "tiff": "tif"}
+# Output formats that take the ``quality`` option.
+LOSSY_FORMATS = ("jpeg", "webp", "avif")
 
-# Input formats, by their Pillow names: only these are ever parsed.
-ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
-ALLOWED_TEXT = "PNG, JPEG, WebP, GIF or BMP"
+# Input formats, by their Pillow names (HEIF: the pillow-heif plugin's): only these are ever parsed.
+ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF", "HEIF", "AVIF")
+ALLOWED_TEXT = "PNG, JPEG, WebP, GIF, BMP, TIFF, HEIC or AVIF"
 # Their media types and file name extensions (what the page's file picker offers).
 INPUT_MEDIA_TYPES = {
     "PNG": ("image/png", (".png",)),
@@ -40,12 +49,18 @@ INPUT_MEDIA_TYPES = {
     "WEBP": ("image/webp", (".webp",)),
     "GIF": ("image/gif", (".gif",)),
     "BMP": ("image/bmp", (".bmp",)),
+    "TIFF": ("image/tiff", (".tif", ".tiff")),
+    "HEIF": ("image/heic", (".heic", ".heif")),
+    "AVIF": ("image/avif", (".avif",)),
 }
+
+# ISO media (HEIF family) brands in the ``ftyp`` box: AVIF's own, and those of HEIC/HEIF stills.
+_AVIF_BRANDS = (b"avif", b"avis")
+_HEIF_BRANDS = (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs", b"mif1")
+_HEIF_BRANDS += (b"msf1",)
 
 # Recognised but refused: named in the 415 so the user knows what they sent.
 _OTHER_SIGNATURES = (
-    (b"II*\x00", "TIFF"),
-    (b"MM\x00*", "TIFF"),
     (b"8BPS", "PSD"),
     (b"%!PS", "EPS"),
     (b"\xc5\xd0\xd3\xc6", "EPS"),
@@ -74,6 +89,8 @@ def sniff_format(data: bytes) -> str | None:
         bytes are no known format at all.
     """
     head = bytes(data[:32])
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return "TIFF"
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
         return "PNG"
     if head.startswith(b"\xff\xd8\xff"):
@@ -92,14 +109,29 @@ def sniff_format(data: bytes) -> str | None:
         if head.startswith(signature):
             return name
     if head[4:8] == b"ftyp":
-        brand = head[8:12]
-        if brand.startswith(b"avi"):
-            return "AVIF"
-        return "HEIF" if brand[:3] in (b"hei", b"hev", b"mif") else "ISO media"
+        return _iso_media_format(bytes(data[:64]))
     text = head.lstrip().lower()
     if any(text.startswith(marker) for marker in _TEXT_MARKERS):
         return "text (HTML, SVG, XML or JSON)"
     return None
+
+
+def _iso_media_format(head: bytes) -> str:
+    """AVIF, HEIF or another ISO media file, from the ``ftyp`` box's major and compatible brands.
+
+    A still from an iPhone says ``heic``; AVIF files say ``avif``, or ``mif1`` with ``avif`` among
+    their compatible brands (which is why the major brand alone is not enough).
+    """
+    size = int.from_bytes(head[:4], "big")
+    box = head[8 : min(max(size, 16), len(head))]
+    brands = [box[i : i + 4] for i in range(0, len(box) - 3, 4) if i != 4]  # skip minor_version
+    if brands and brands[0] in _AVIF_BRANDS:
+        return "AVIF"
+    if brands and brands[0] in _HEIF_BRANDS:
+        if brands[0] in (b"mif1", b"msf1") and any(b in _AVIF_BRANDS for b in brands[1:]):
+            return "AVIF"
+        return "HEIF"
+    return "ISO media"
 
 
 def is_allowed_image(data: bytes) -> bool:

@@ -513,9 +513,10 @@ class Enhancer:
         alpha = job.picture.alpha
         if alpha is not None:
             alpha = resize(alpha.to(self.device), job.target)
-        quality = job.options.quality or (
-            self.settings.jpeg_quality if job.format == "jpeg" else self.settings.webp_quality
-        )
+        quality = job.options.quality or {
+            "jpeg": self.settings.jpeg_quality,
+            "avif": self.settings.avif_quality,
+        }.get(job.format, self.settings.webp_quality)
         data = encode_picture(
             job.color,
             alpha,

@@ -26,8 +26,9 @@ class Options:
 
     Attributes:
         scale: output size / input size, 1 to ``max_scale``; 1 restores without enlarging.
-        format: "auto", "png", "jpeg" or "webp".
-        quality: 1-100 for jpeg and webp; None means the service default. Ignored for png.
+        format: "auto", "png", "jpeg", "webp", "avif" or "tiff".
+        quality: 1-100 for jpeg, webp and avif; None means the service default. Ignored for png
+            and tiff.
         tile: tile side in input pixels, or None for the model card's.
         strength: 0-1; the result is ``strength * model + (1 - strength) * plain resize``.
         denoise: 0-1, between the clean (0) and restore (1) models of a family (family.py);

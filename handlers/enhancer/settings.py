@@ -36,7 +36,7 @@ class EnhancerSettings:
             ran 1.1x faster than the card's 256 there (BENCHMARKS.md).
         denoise: the ``denoise`` level of a request that does not set one, when a clean/restore
             family is served (snapped to the nearest precomputed level, family.py).
-        jpeg_quality, webp_quality: defaults of the ``quality`` option.
+        jpeg_quality, webp_quality, avif_quality: defaults of the ``quality`` option.
         png_compress_level: zlib level for PNG output (0-9); 3: far faster than 6, nearly as small.
         time_budget_share: the share of the server's timeout (TorchServe's ``responseTimeout``)
             a request, or a batch of requests, may be estimated to take; above it a request is
@@ -57,6 +57,7 @@ class EnhancerSettings:
     denoise: float = DENOISE_DEFAULT
     jpeg_quality: int = 92
     webp_quality: int = 90
+    avif_quality: int = 85
     png_compress_level: int = 3
     time_budget_share: float = 0.5
 
@@ -121,7 +122,7 @@ class EnhancerSettings:
             raise ValueError(f"settings: 'backend' must be one of {BACKENDS}")
         if self.cpu_threads < 0:
             raise ValueError("settings: 'cpu_threads' must be 0 (all cores) or more")
-        for key in ("jpeg_quality", "webp_quality"):
+        for key in ("jpeg_quality", "webp_quality", "avif_quality"):
             if not 1 <= getattr(self, key) <= 100:
                 raise ValueError(f"settings: '{key}' must be in [1, 100]")
         if not 0 <= self.png_compress_level <= 9:

@@ -16,7 +16,11 @@ import struct
 import zlib
 
 import numpy as np
+import pillow_heif
 from PIL import Image, ImageCms, PngImagePlugin
+
+# HEIC/HEIF for the builders below (Pillow reads and writes AVIF and TIFF itself)
+pillow_heif.register_heif_opener()
 
 ORIENTATION = 0x0112
 MAKE = 0x010F
@@ -375,3 +379,55 @@ def padded(image: bytes, size: int) -> bytes:
         segments.append(b"\xff\xfe" + (n - 2).to_bytes(2, "big") + incompressible(n - 4, k))
         left, k = left - n, k + 1
     return image[:2] + b"".join(segments) + image[2:]
+
+
+def tiff_bytes(array: np.ndarray, *, declared: tuple[int, int] | None = None) -> bytes:
+    """A minimal uncompressed little-endian TIFF of a (H, W) or (H, W, C) uint8/uint16 array
+    (C: 1 gray, 2 gray+alpha, 3 RGB, 4 RGBA), written by hand (Pillow cannot write 16-bit colour);
+    ``declared`` makes the header claim another (width, height) than the pixels it carries."""
+    if array.ndim == 2:
+        array = array[:, :, None]
+    height, width, channels = array.shape
+    bits = array.dtype.itemsize * 8
+    pixels = array.astype(array.dtype.newbyteorder("<")).tobytes()
+    width, height = declared or (width, height)
+    entries = [
+        (256, 4, [width]),
+        (257, 4, [height]),
+        (258, 3, [bits] * channels),
+        (259, 3, [1]),
+        (262, 3, [2 if channels >= 3 else 1]),
+        (273, 4, [0]),  # strip offset, filled in below
+        (277, 3, [channels]),
+        (278, 4, [height]),
+        (279, 4, [len(pixels)]),
+        (284, 3, [1]),
+    ]
+    if channels in (2, 4):
+        entries.append((338, 3, [2]))  # unassociated alpha
+    ifd_size = 2 + 12 * len(entries) + 4
+    extra = b""
+    extra_at = 8 + ifd_size
+    body = []
+    for tag, kind, values in entries:
+        size = {3: 2, 4: 4}[kind]
+        packed = b"".join(v.to_bytes(size, "little") for v in values)
+        if len(packed) > 4:
+            body.append((tag, kind, len(values), (extra_at + len(extra)).to_bytes(4, "little")))
+            extra += packed
+        else:
+            body.append((tag, kind, len(values), packed.ljust(4, b"\x00")))
+    strip_at = extra_at + len(extra)
+    ifd = len(entries).to_bytes(2, "little")
+    for tag, kind, count, value in body:
+        if tag == 273:
+            value = strip_at.to_bytes(4, "little")
+        ifd += struct.pack("<HHI", tag, kind, count) + value
+    ifd += b"\x00\x00\x00\x00"
+    return b"II*\x00" + (8).to_bytes(4, "little") + ifd + extra + pixels
+
+
+def ispe_declaring(data: bytes, width: int, height: int) -> bytes:
+    """A HEIF or AVIF whose ``ispe`` box (the image's spatial extent) claims another size."""
+    at = data.index(b"ispe") + 8  # box type, then version and flags
+    return data[:at] + struct.pack(">II", width, height) + data[at + 8 :]

@@ -2,7 +2,10 @@
 
 The format is checked from its magic bytes against the allow-list (``enhancer.contract``), the size
 is read from the header and the pixel cap enforced before any pixel is decoded, every PNG chunk's
-CRC is checked, animated images are refused, and the EXIF orientation is applied.
+CRC is checked, animated images (and multi-page TIFF, multi-image HEIF) are refused, and the EXIF
+orientation is applied. HEIC/HEIF is read by pillow-heif (registered here; libheif applies the
+file's own rotation and mirroring and resets the EXIF orientation to 1), AVIF by Pillow's own
+plugin, TIFF by Pillow (16-bit gray stays 16-bit; Pillow reads 16-bit colour TIFF at 8 bits).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import struct
 import warnings
 
 import numpy as np
+import pillow_heif
 import torch
 from PIL import Image, ImageCms
 
@@ -25,7 +29,15 @@ from enhancer.imaging.png16 import _decode_png16, _png_bit_depth, _png_chunks, _
 
 logger = logging.getLogger(__name__)
 
+# HEIC/HEIF through libheif; thumbnails and depth maps are never needed, so never decoded.
+pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
+
 _ORIENTATION = 0x0112
+# What a TIFF's own first directory says about the photo (the rest of it, strip offsets, sizes and
+# compression, describes the file and must not be copied into another one), and its EXIF and GPS
+# sub-directories.
+_TIFF_DESCRIPTIVE = (0x010E, 0x010F, 0x0110, 0x0112, 0x0131, 0x0132, 0x013B, 0x8298)
+_EXIF_IFD, _GPS_IFD = 0x8769, 0x8825
 _XMP_ORIENTATION = (
     re.compile(rb'tiff:Orientation="([0-9])"'),
     re.compile(rb"<tiff:Orientation>([0-9])</tiff:Orientation>"),
@@ -83,7 +95,8 @@ def open_image(data: bytes, max_input_pixels: int) -> tuple[Image.Image, str]:
         raise BadRequest(f"not a readable image: {fmt} data is corrupt ({_short(error)})") from None
     if frames > 1:
         raise UnsupportedMedia(
-            f"animated images are not supported ({fmt} with {frames} frames): send a single frame"
+            f"animated images are not supported ({fmt} with {frames} frames; multi-page TIFF and "
+            "multi-image HEIF count as animated): send a single frame"
         )
     if fmt == "PNG":
         _png_chunks(data)  # CRCs, which Pillow skips for the pixel data
@@ -122,7 +135,7 @@ def load_picture(image: Image.Image, data: bytes, fmt: str) -> Picture:
     meta = Metadata(source_format=fmt)
     meta.icc = image.info.get("icc_profile") or None
     meta.dpi = _dpi(image.info.get("dpi"))
-    orientation, meta.exif = _exif_upright(image)
+    orientation, meta.exif = _exif_upright(image, fmt)
     meta.xmp = _xmp_upright(image.info.get("xmp") or image.info.get("XML:com.adobe.xmp"))
 
     wide_png = fmt == "PNG" and _png_bit_depth(data) == 16 and _png_color_type(data) in (2, 4, 6)
@@ -153,13 +166,15 @@ def _dpi(value: object) -> tuple[float, float] | None:
     return dpi
 
 
-def _exif_upright(image: Image.Image) -> tuple[int, bytes | None]:
+def _exif_upright(image: Image.Image, fmt: str = "") -> tuple[int, bytes | None]:
     """The EXIF orientation, and the EXIF block rewritten to say the pixels are upright."""
     # Pillow warns (UserWarning) about a corrupt EXIF block and keeps what it could read: log it
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
             exif = image.getexif()
+            if fmt == "TIFF":
+                exif = _tiff_exif(exif)
             orientation = int(exif.get(_ORIENTATION, 1) or 1)
             if _ORIENTATION in exif:
                 exif[_ORIENTATION] = 1
@@ -171,6 +186,20 @@ def _exif_upright(image: Image.Image) -> tuple[int, bytes | None]:
     if block is None:
         return 1, None
     return (orientation if 1 <= orientation <= 8 else 1), block
+
+
+def _tiff_exif(tags: Image.Exif) -> Image.Exif:
+    """The photo's own tags of a TIFF's first directory, with its EXIF and GPS sub-directories."""
+    exif = Image.Exif()
+    for tag in _TIFF_DESCRIPTIVE:
+        if tag in tags:
+            exif[tag] = tags[tag]
+    for tag in (_EXIF_IFD, _GPS_IFD):
+        if tag in tags:
+            directory = dict(tags.get_ifd(tag))
+            if directory:
+                exif[tag] = directory
+    return exif
 
 
 def _xmp_upright(xmp: object) -> bytes | None:

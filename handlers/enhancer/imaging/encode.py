@@ -1,4 +1,5 @@
-"""Encoding: float planes to PNG (8 or 16 bit), JPEG or WebP, with the input's metadata."""
+"""Encoding: float planes to PNG (8 or 16 bit), JPEG, WebP, AVIF or TIFF (8 bit, or 16-bit gray),
+with the input's metadata."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ logger = logging.getLogger(__name__)
 
 _JPEG_SEGMENT_BYTES = 65_533  # payload of one APP marker segment (its length field counts itself)
 _XMP_JPEG_HEADER = b"http://ns.adobe.com/xap/1.0/\x00"
+_XMP_TIFF_TAG = 700
+_EXIF_IFD, _GPS_IFD = 0x8769, 0x8825
 
 
 def check_output_format(fmt: str, size: tuple[int, int]) -> None:
@@ -34,13 +37,24 @@ def check_output_format(fmt: str, size: tuple[int, int]) -> None:
         )
 
 
+# ``format=auto``: the input's own format where it can be written; HEIC as JPEG (the service writes
+# no HEIC: its HEVC encoder is patent-encumbered, and JPEG is what a phone shares a HEIC photo as).
+_AUTO_FORMATS = {"JPEG": "jpeg", "WEBP": "webp", "AVIF": "avif", "TIFF": "tiff", "HEIF": "jpeg"}
+
+
 def resolve_format(requested: str, picture: Picture) -> str:
-    """The format for ``format=auto``: the input's, or PNG for alpha, 16-bit and non-web inputs."""
+    """The format for ``format=auto``: the input's where it can hold the picture (JPEG for HEIC),
+    PNG for alpha or 16 bits that JPEG, WebP or TIFF cannot hold, and for PNG, GIF and BMP."""
     if requested != "auto":
         return requested
+    source = picture.meta.source_format
+    if source == "AVIF":
+        return "avif"  # read at 8 bits; AVIF keeps alpha
+    if source == "TIFF" and (picture.bits == 8 or picture.grayscale and picture.alpha is None):
+        return "tiff"  # 8-bit with or without alpha, or 16-bit gray
     if picture.alpha is not None or picture.bits == 16:
         return "png"
-    return {"JPEG": "jpeg", "WEBP": "webp"}.get(picture.meta.source_format, "png")
+    return _AUTO_FORMATS.get(source, "png")
 
 
 def encode_picture(
@@ -54,10 +68,11 @@ def encode_picture(
     meta: Metadata,
     png_compress_level: int = 3,
 ) -> bytes:
-    """Encode float planes in [0, 1] (on any device) to PNG, JPEG or WebP bytes.
+    """Encode float planes in [0, 1] (on any device) to PNG, JPEG, WebP, AVIF or TIFF bytes.
 
-    16 bits survive only in PNG; gray stays gray in PNG and JPEG (WebP has no gray); alpha stays in
-    PNG and WebP and is flattened onto white for JPEG.
+    16 bits survive in PNG, and in TIFF for gray without alpha (Pillow has no 16-bit colour TIFF
+    writer); gray stays gray in PNG, JPEG, AVIF and TIFF (WebP has no gray); alpha stays in PNG,
+    WebP, AVIF and TIFF and is flattened onto white for JPEG.
     """
     if grayscale:
         color = luma(color)
@@ -66,9 +81,11 @@ def encode_picture(
         alpha = None
     if fmt == "webp" and grayscale:
         color, grayscale = color.expand(3, -1, -1), False
-    wide = bits == 16 and fmt == "png"
+    wide = bits == 16 and (fmt == "png" or (fmt == "tiff" and grayscale and alpha is None))
     planes = color if alpha is None else torch.cat([color, alpha])
     array = _quantize(planes, 65535 if wide else 255)
+    if wide and fmt == "tiff":
+        return _save_pillow(Image.fromarray(array[:, :, 0]), fmt, quality, meta, png_compress_level)
     if wide:
         if array.shape[2] == 1:
             gray16 = Image.fromarray(array[:, :, 0])
@@ -103,7 +120,7 @@ def _save_pillow(
         params["icc_profile"] = meta.icc
     if meta.exif:
         params["exif"] = meta.exif
-    if meta.dpi and fmt in ("png", "jpeg"):
+    if meta.dpi and fmt in ("png", "jpeg", "tiff"):
         params["dpi"] = meta.dpi
     if fmt == "png":
         if meta.xmp:
@@ -124,8 +141,31 @@ def _save_pillow(
         # full-resolution chroma at high quality: colour detail is what an enhancer is for
         subsampling = 0 if quality >= 90 else 2
         image.save(out, format="JPEG", quality=quality, subsampling=subsampling, **params)
+    elif fmt == "tiff":
+        _save_tiff(image, out, meta, params)
+    elif fmt == "avif":
+        if meta.xmp:
+            params["xmp"] = meta.xmp
+        # speed 6: libavif's middle ground (0 is hours per photo, 10 visibly worse)
+        image.save(out, format="AVIF", quality=quality, speed=6, **params)
     else:
         if meta.xmp:
             params["xmp"] = meta.xmp
         image.save(out, format="WEBP", quality=quality, method=4, **params)
     return out.getvalue()
+
+
+def _save_tiff(image: Image.Image, out: io.BytesIO, meta: Metadata, params: dict) -> None:
+    """TIFF, deflate-compressed; uncompressed when the EXIF has sub-directories (camera settings,
+    dates, GPS), which Pillow writes only without libtiff, i.e. only without compression."""
+    exif = Image.Exif()
+    if meta.exif:
+        exif.load(meta.exif)
+    if meta.xmp:
+        exif[_XMP_TIFF_TAG] = meta.xmp  # a TIFF carries XMP in its own directory
+    params.pop("exif", None)
+    if exif:
+        params["exif"] = exif
+    nested = any(tag in exif for tag in (_EXIF_IFD, _GPS_IFD))
+    compression = None if nested else "tiff_adobe_deflate"
+    image.save(out, format="TIFF", compression=compression, **params)

@@ -7,7 +7,13 @@ import dataclasses
 import torch
 
 # Largest side each output format can store.
-FORMAT_MAX_SIDE = {"png": 2**31 - 1, "jpeg": 65_500, "webp": 16_383}
+FORMAT_MAX_SIDE = {
+    "png": 2**31 - 1,
+    "jpeg": 65_500,
+    "webp": 16_383,
+    "avif": 65_536,
+    "tiff": 2**31 - 1,
+}
 
 
 @dataclasses.dataclass
