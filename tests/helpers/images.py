@@ -11,6 +11,7 @@ test never checks the engine against itself:
 
 from __future__ import annotations
 
+import functools
 import io
 import struct
 import zlib
@@ -52,8 +53,10 @@ def gradient(width: int, height: int, seed: int = 0) -> np.ndarray:
     return np.clip(rgb + 0.5, 0, 255).astype(np.uint8)
 
 
+@functools.cache
 def srgb_profile() -> bytes:
-    """An sRGB ICC profile made by LittleCMS."""
+    """An sRGB ICC profile made by LittleCMS, once per process: LittleCMS stamps the creation time
+    into the header, so two calls a second apart differ (a test comparing them would be flaky)."""
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
 
