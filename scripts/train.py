@@ -676,6 +676,7 @@ if state is not None:
         flush=True,
     )
 
+machine = f"{os.cpu_count()} CPU cores" if device.type == "cpu" else torch.cuda.get_device_name()
 settings = {
     **vars(args),
     "nf": list(args.nf),
@@ -691,6 +692,7 @@ settings = {
     "planned_epochs": n_epochs,
     "planned_steps": n_epochs * args.iters,
     "command": " ".join(sys.argv),
+    "machine": machine,  # where it ran (the card's training.machine)
 }
 (out / "args.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
 learn.fit(n_epochs, args.lr, start_epoch=start_epoch, reset_opt=state is None)
@@ -727,7 +729,6 @@ settings.update(
     pixels=budget_cb.pixels,
     history=history,
     history_fields=["pixels", "steps", "cpu_s", "val_psnr"],
-    machine=f"{os.cpu_count()} CPU cores" if device.type == "cpu" else torch.cuda.get_device_name(),
 )
 (out / "args.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
 print(

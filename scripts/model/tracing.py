@@ -296,7 +296,25 @@ def make_card(
     )
     if train_args and train_args.exists():
         card["training"] = training_record(train_args)
+        if args.weights:
+            card["training"].update(checkpoint_progress(Path(args.weights)))
     return card
+
+
+def checkpoint_progress(path: Path) -> dict:
+    """How far the run had got when ``path`` was written, for a checkpoint of a run still going
+    (train.py's ckpt.pth: its args.yaml holds the settings, but the totals only at the end)."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if "cpu_s" not in ckpt:  # a finished run's model.pth: args.yaml has the totals
+        return {}
+    return {
+        "steps": ckpt["steps"],
+        "pixels": ckpt["pixels"],
+        "wall_time_s": round(ckpt["wall_s"]),
+        "cpu_time_s": round(ckpt["cpu_s"]),
+        "checkpoint": f"{path.name}: mid-run, {ckpt['pixels'] / 1e9:.3f} of "
+        f"{ckpt['budget'] / 1e9:.1f} G HR pixels",
+    }
 
 
 def training_record(path: Path) -> dict:
