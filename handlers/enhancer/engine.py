@@ -21,10 +21,13 @@ from pathlib import Path
 import torch
 
 from enhancer.card import ModelCard
+from enhancer.compare import compare_size, side_by_side
+from enhancer.contract import SCALE_USED_HEADER
 from enhancer.errors import EnhanceError, InternalError, OptionError, OutOfMemory, PayloadTooLarge
 from enhancer.family import DENOISE_LEVELS, blend, check_family, snap
 from enhancer.imaging import (
     CONTENT_TYPES,
+    FORMAT_MAX_SIDE,
     Picture,
     check_output_format,
     encode_picture,
@@ -34,8 +37,9 @@ from enhancer.imaging import (
     resize,
     resolve_format,
 )
+from enhancer.imaging.metadata import apply_metadata_option
 from enhancer.options import Options, parse_options, smallest_tile
-from enhancer.passes import Pass, output_size, plan_passes
+from enhancer.passes import Pass, auto_scale, output_size, plan_passes
 from enhancer.runner import ModelRunner, TileOutOfMemory, is_out_of_memory, out_of_memory_error
 from enhancer.settings import EnhancerSettings
 from enhancer.tiling import tiled_apply
@@ -202,13 +206,28 @@ class Enhancer:
         options = parse_options(raw_options or {}, self.card, self.settings)
         denoise = self._denoise_level(options)
         image, fmt = open_image(data, self.settings.max_input_pixels)
-        self._check_output_pixels(image.size, options.scale)
+        if not options.scale_auto:
+            self._check_output_pixels(image.size, options.scale)
         picture = load_picture(image, data, fmt)
         width, height = picture.size
-        target = output_size(width, height, options.scale)
         out_format = resolve_format(options.format, picture)
+        if options.scale_auto:
+            chosen = auto_scale(
+                width,
+                height,
+                max_scale=self.settings.max_scale,
+                max_output_pixels=self.settings.max_output_pixels,
+                max_side=FORMAT_MAX_SIDE[out_format],
+            )
+            options = dataclasses.replace(options, scale=float(chosen))
+        target = output_size(width, height, options.scale)
         check_output_format(out_format, target)
-        plan = plan_passes(width, height, options.scale)
+        self._check_restoring_passes(target, options)
+        if options.compare:
+            self._check_compare(target, out_format)
+        plan = plan_passes(
+            width, height, options.scale, level=options.level, enhance_first=options.enhance_first
+        )
         return Job(options, picture, out_format, target, plan, denoise)
 
     def _denoise_level(self, options: Options) -> float | None:
@@ -223,6 +242,28 @@ class Enhancer:
         if options.denoise is None:
             return self.default_denoise
         return snap(options.denoise, tuple(self.levels))
+
+    def _check_restoring_passes(self, target: tuple[int, int], options: Options) -> None:
+        """A restoring pass at the output size (``level`` above 1) makes the model's own output,
+        ``card.scale`` times larger per side, before resizing it back: that must fit the cap."""
+        made = target[0] * target[1] * self.card.scale**2
+        if options.level > 1 and made > self.settings.max_output_pixels:
+            largest = self.settings.max_output_pixels // self.card.scale**2
+            raise PayloadTooLarge(
+                f"level {options.level} restores the {target[0]}x{target[1]} output at "
+                f"{self.card.scale}x inside ({made:,} pixels); the limit is "
+                f"{self.settings.max_output_pixels:,}: use level 1, or a smaller scale "
+                f"(outputs up to {largest:,} pixels)"
+            )
+
+    def _check_compare(self, target: tuple[int, int], fmt: str) -> None:
+        width, height = compare_size(*target)
+        if width * height > self.settings.max_output_pixels:
+            raise PayloadTooLarge(
+                f"compare image too large: {width}x{height} = {width * height:,} pixels; "
+                f"the limit is {self.settings.max_output_pixels:,} pixels: use a smaller scale"
+            )
+        check_output_format(fmt, (width, height))
 
     def _check_output_pixels(self, size: tuple[int, int], scale: float) -> None:
         width, height = output_size(size[0], size[1], scale)
@@ -369,30 +410,35 @@ class Enhancer:
         alpha = job.picture.alpha
         if alpha is not None:
             alpha = resize(alpha.to(self.device), job.target)
+        color = job.color
+        if job.options.compare:
+            plain = resize(job.picture.color.to(self.device), job.target)
+            color, alpha = side_by_side(plain, color, alpha), None
         quality = job.options.quality or (
             self.settings.jpeg_quality if job.format == "jpeg" else self.settings.webp_quality
         )
         data = encode_picture(
-            job.color,
+            color,
             alpha,
             grayscale=job.picture.grayscale,
             bits=job.picture.bits,
             fmt=job.format,
             quality=quality,
-            meta=job.picture.meta,
+            meta=apply_metadata_option(job.picture.meta, job.options.metadata),
             png_compress_level=self.settings.png_compress_level,
         )
-        job.color = None  # free the device memory as soon as the bytes exist
+        job.color = color = None  # free the device memory as soon as the bytes exist
         if len(data) > self.settings.max_output_bytes:
             raise PayloadTooLarge(
                 f"encoded output is {len(data):,} bytes; "
                 f"the limit is {self.settings.max_output_bytes:,} bytes: "
                 "ask for jpeg or webp, or a smaller scale"
             )
-        headers = {} if job.denoise is None else {"X-Enhance-Denoise": f"{job.denoise:g}"}
-        return Result(
-            data, CONTENT_TYPES[job.format], job.format, job.target[0], job.target[1], headers
-        )
+        headers = {SCALE_USED_HEADER: f"{job.options.scale:g}"}
+        if job.denoise is not None:
+            headers["X-Enhance-Denoise"] = f"{job.denoise:g}"
+        width, height = compare_size(*job.target) if job.options.compare else job.target
+        return Result(data, CONTENT_TYPES[job.format], job.format, width, height, headers)
 
     # -- conveniences ----------------------------------------------------------------------------
 
@@ -449,9 +495,11 @@ class Enhancer:
         *,
         tile: int | None = None,
         denoise: float | None = None,
+        level: int = 1,
+        enhance_first: bool = False,
     ) -> torch.Tensor:
         """Enhance a float RGB tensor (3, H, W) in [0, 1] by ``scale``, as the service does
-        (``denoise``: as the option, for an engine with a clean/restore family).
+        (``denoise``, ``level``, ``enhance_first``: as the options).
 
         Returns:
             float32 (3, round(scale*H), round(scale*W)) in [0, 1], on the CPU.
@@ -459,8 +507,10 @@ class Enhancer:
         if rgb.ndim != 3 or rgb.shape[0] != 3:
             raise ValueError(f"expected a (3, H, W) tensor, got {tuple(rgb.shape)}")
         height, width = rgb.shape[1:]
-        plan = plan_passes(width, height, scale)
-        options = Options(scale=scale, tile=tile, denoise=denoise)
+        plan = plan_passes(width, height, scale, level=level, enhance_first=enhance_first)
+        options = Options(
+            scale=scale, tile=tile, denoise=denoise, level=level, enhance_first=enhance_first
+        )
         (out,) = self._enhance(
             [rgb.to(self.device, torch.float32)], [plan], [options], [self._denoise_level(options)]
         )
