@@ -277,3 +277,11 @@ def test_measure_speed(tmp_path):
     speed = evaluate.measure_speed(str(pt), None, str(tmp_path / "p.png"), "cpu", reps=1)
     assert speed["output_mp"] == pytest.approx(80 * 100 / 1e6) and speed["output_mp_per_s"] > 0
     assert speed["tile"] == 32 and speed["overlap"] == 4
+
+
+def test_engine_upscaler_runs_level_and_enhance_first(sr_model):
+    lr = Image.fromarray(gradient_image(20, 14))
+    plain, _ = evaluate.engine_upscaler(str(sr_model), None, "cpu")
+    more, _ = evaluate.engine_upscaler(str(sr_model), None, "cpu", level=2, enhance_first=True)
+    assert plain(lr, 2).shape == more(lr, 2).shape == (40, 28, 3)
+    assert not np.array_equal(plain(lr, 2), more(lr, 2))
