@@ -26,6 +26,8 @@ from enhancer.client import TorchServeClient, TorchServeError
 from enhancer.contract import (
     ALLOWED_TEXT,
     CONTENT_TYPES,
+    DENOISE_DEFAULT,
+    DENOISE_LEVELS,
     FILE_EXTENSIONS,
     FORMATS,
     INPUT_MEDIA_TYPES,
@@ -73,10 +75,15 @@ def _client() -> TorchServeClient:
 
 
 def error_response(
-    status: int, kind: str, message: str, retry_after: int | None = None
+    status: int,
+    kind: str,
+    message: str,
+    retry_after: int | None = None,
+    extra: dict[str, object] | None = None,
 ) -> Response:
-    """A JSON error shaped like the service's own: ``{"code", "type", "message"}``."""
-    response = jsonify(error_body(status, kind, message))
+    """A JSON error shaped like the service's own: ``{"code", "type", "message"}`` (plus
+    ``extra`` fields, e.g. a 413's ``max_scale``)."""
+    response = jsonify(error_body(status, kind, message, **(extra or {})))
     response.status_code = status
     if retry_after:
         response.headers["Retry-After"] = str(retry_after)
@@ -154,6 +161,7 @@ def index():
         "maxText": _megabytes(limit),
         "accepted": ALLOWED_TEXT,
         "extensions": {CONTENT_TYPES[fmt]: FILE_EXTENSIONS[fmt] for fmt in CONTENT_TYPES},
+        "denoiseLevels": list(DENOISE_LEVELS),
     }
     media_types = [media for media, _ in INPUT_MEDIA_TYPES.values()]
     suffixes = [suffix for _, names in INPUT_MEDIA_TYPES.values() for suffix in names]
@@ -168,6 +176,8 @@ def index():
         accepted=ALLOWED_TEXT,
         accept=",".join(media_types + suffixes),
         max_text=_megabytes(limit),
+        denoise_steps=len(DENOISE_LEVELS) - 1,
+        denoise_default=DENOISE_LEVELS.index(DENOISE_DEFAULT),
     )
 
 
@@ -212,7 +222,9 @@ def enhance():
     try:
         result = _client().enhance(data, options)
     except TorchServeError as error:
-        return error_response(error.status, error.kind, error.message, error.retry_after)
+        return error_response(
+            error.status, error.kind, error.message, error.retry_after, error.extra
+        )
 
     def stream():
         try:

@@ -6,8 +6,11 @@ archive (``--extra-files``), and imported by name like everywhere else in the pr
 
 Requests: the raw image as the body (``curl -T photo.jpg``) with options as ``X-Enhance-*`` headers,
 or multipart with the image in ``data`` and options as fields (``enhancer.serving.torchserve``).
-Each request in a TorchServe batch gets its own status: a bad one is answered 400/413/415/507 with a
-JSON body, the others succeed, and the worker lives on.
+Each request in a TorchServe batch gets its own status: a bad one is answered 400/413/415/503/507
+with a JSON body, the others succeed, and the worker lives on.
+
+At start the unpacked archive is checked against its manifest (``enhancer.integrity``) before the
+engine is imported: a damaged or edited file refuses the start with one line naming it.
 """
 
 from __future__ import annotations
@@ -18,9 +21,8 @@ from http import HTTPStatus
 
 from ts.torch_handler.base_handler import BaseHandler
 
-from enhancer.engine import Job
 from enhancer.errors import EnhanceError
-from enhancer.serving.torchserve import load_engine, split_request
+from enhancer.integrity import verify_folder
 
 logger = logging.getLogger(__name__)
 
@@ -32,10 +34,17 @@ class EnhancerHandler(BaseHandler):
         """Load the TorchScript model and its card from the unpacked archive.
 
         Raises:
+            ArchiveDamagedError: a file of the unpacked archive differs from its manifest.
             ValueError: invalid settings or card, or a model file that does not match its card's
                 sha256 (a tampered archive): the worker refuses to start.
         """
-        self.enhancer, self.settings, self.device = load_engine(context)
+        checked = verify_folder(context.system_properties["model_dir"])
+        logger.info("archive verified: %d files match its manifest", checked)
+        # the engine is imported only once its files are known to be the archive's own
+        from enhancer.serving import torchserve
+
+        self.door = torchserve
+        self.enhancer, self.settings, self.device = torchserve.load_engine(context)
         self.initialized = True
 
     def preprocess(self, data):
@@ -48,17 +57,18 @@ class EnhancerHandler(BaseHandler):
         for idx, request in enumerate(data):
             headers = self.context.get_all_request_header(idx)
             try:
-                image, options = split_request(request, headers)
+                image, options = self.door.split_request(request, headers)
             except EnhanceError as error:
                 items.append(error)
                 continue
             items.append(self.enhancer.try_prepare(image, options))
-        return items
+        # the whole batch must end within the time budget: late jobs that would not are 503
+        return self.enhancer.admit_batch(items)
 
     def inference(self, data, *args, **kwargs):
         """Run the model passes of every valid request together."""
         started = time.perf_counter()
-        jobs = [item for item in data if isinstance(item, Job)]
+        jobs = [item for item in data if not isinstance(item, EnhanceError)]
         self.enhancer.run(jobs)
         if jobs:
             elapsed_ms = 1000 * (time.perf_counter() - started)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from enhancer.contract import MODEL_NAME
 from scripts.ops import archive
-from scripts.ops.paths import DEFAULT_MODEL, MODEL_CONFIG, MODEL_STORE
+from scripts.ops.paths import DEFAULT_MODEL, MODEL_CONFIG, MODEL_STORE, restore_beside
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,7 +38,11 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         default=None,
         metavar="PT",
-        help="a restore model of the same family, shipped beside --model: enables `denoise`",
+        help="a restore model of the same family, shipped beside --model: enables `denoise` "
+        "(default: restore.pt in --model's folder, when it is there with its card)",
+    )
+    parser.add_argument(
+        "--no-restore", action="store_true", help="archive --model alone, even with a restore.pt"
     )
     parser.add_argument(
         "--name",
@@ -70,6 +74,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     mar = args.export_path / f"{args.name}.mar"
+    if args.no_restore:
+        args.restore = None
+    elif args.restore is None:
+        args.restore = restore_beside(args.model)
     try:
         archive.load_verified_card(args.model)
         stale = args.force or archive.is_stale(

@@ -36,6 +36,9 @@ most detailed region of each) so a person can see the difference:
 
     .venv/bin/python -m scripts.evaluate --model model_store/enhancer.pt \
         --sets ../shared/data/eval/kodak24 --scales 2 --tracks heavy --sheets runs/sheets
+
+``--restore model_store/restore.pt`` scores the clean/restore pair as served, one row per
+``--denoise`` level (default 0, 0.5, 1): what the default level is chosen by.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ from scripts.model.evaluation import (
     direct_upscaler,
     engine_upscaler,
     evaluate,
+    family_upscalers,
     markdown,
     measure_speed,
     write_quality,
@@ -103,6 +107,18 @@ def main() -> None:
     ap.add_argument(
         "--seed", type=int, default=crappify.REAL_WORLD_SEED, help="real-world track seed"
     )
+    ap.add_argument(
+        "--restore",
+        help="the restore model of --model's pair: adds a row per --denoise level, run as the "
+        "server runs the pair",
+    )
+    ap.add_argument(
+        "--denoise",
+        type=float,
+        nargs="+",
+        default=[0.0, 0.5, 1.0],
+        help="denoise levels to score with --restore (default: %(default)s)",
+    )
     ap.add_argument("--device", default="cpu", help="device for the engine")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--out", help="write the markdown table here (it is printed too)")
@@ -134,6 +150,10 @@ def main() -> None:
         methods[name], _ = engine_upscaler(path, None, args.device)
     if args.checkpoint:
         methods["checkpoint"] = direct_upscaler(args.checkpoint)
+    if args.restore:
+        if not args.model:
+            ap.error("--restore needs --model (the clean model of the pair)")
+        methods.update(family_upscalers(args.model, args.restore, args.denoise, args.device))
     command = " ".join(["scripts/evaluate.py", *sys.argv[1:]])
     rows = evaluate(args.sets, args.scales, methods, args.tracks, args.seed, sheets=args.sheets)
     table = markdown(rows, list(methods), args.seed, command)

@@ -10,8 +10,10 @@
 TorchServe runs with the repository's ``config.properties`` and ``model_store/``, from ``.run/``
 (key file, logs, pid file and worker sockets), so it never collides with another TorchServe on the
 machine. ``start`` checks Java first (without it a request would hang), then the model, rebuilds
-the .mar when an input changed, and waits until the worker is READY; when the worker cannot load the
-model (a tampered archive, a bad card) it stops at once and shows the log's error. ``status`` and
+the .mar when an input changed, and waits until the worker is READY; a damaged archive (its recorded
+sha256, a member's CRC or its SHA256SUMS differ) is refused before TorchServe starts, and when the
+worker cannot load the model (an edited archive, a bad card) it stops at once and shows the log's
+error. ``status`` and
 ``smoke`` rotate an expired key, as the page does. The work is done by ``scripts.ops.torchserve``.
 """
 

@@ -230,7 +230,15 @@ ap.add_argument(
     default=0,
     help="leave after the first checkpoint at or past this many steps (0: never), as if stopped",
 )
+ap.add_argument(
+    "--max-minutes",
+    type=float,
+    default=0,
+    help="leave after the first checkpoint past this many minutes of this process (0: never), as "
+    "if stopped: a lent GPU's time limit (scripts/gpu_run.sh)",
+)
 args = ap.parse_args()
+STARTED = time.monotonic()
 if args.p_clean is None:
     args.p_clean = (crappify.RESTORE if args.second_order else crappify.TRAIN).p_clean
 
@@ -563,6 +571,9 @@ class Budget(Callback):
         if args.stop_after and self.steps >= args.stop_after:
             print(f"stopping after step {self.steps} (--stop-after)", flush=True)
             raise CancelFitException
+        if args.max_minutes and time.monotonic() - STARTED >= args.max_minutes * 60:
+            print(f"stopping after step {self.steps} (--max-minutes)", flush=True)
+            raise CancelFitException
 
 
 class CPUAutocast(Callback):
@@ -684,7 +695,7 @@ settings = {
 (out / "args.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
 learn.fit(n_epochs, args.lr, start_epoch=start_epoch, reset_opt=state is None)
 if budget_cb.steps < n_epochs * args.iters:
-    sys.exit(0)  # stopped early (--stop-after): the checkpoint is the state
+    sys.exit(0)  # stopped early (--stop-after, --max-minutes): the checkpoint is the state
 
 # ----------------------------------------------------------------------------------------- save
 if val_set and budget_cb.steps % args.val_every:

@@ -9,6 +9,7 @@
 #   scripts/train_run.sh clean snapshot   # ckpt.pth (compact), curve.csv, args.yaml into runs/clean/
 #   scripts/train_run.sh clean stop       # stop it (the last checkpoint stays; start resumes exactly)
 #   scripts/train_run.sh restore start    # the same for restore: make train-restore, ...
+#   scripts/train_run.sh clean args       # its settings, one per line
 #
 # The working run folder is ../runs/<name> (beside the checkout, outside git; $RUN_DIR overrides).
 # `start` first seeds it from the committed snapshot runs/<name>/ when that is further along (a
@@ -69,6 +70,9 @@ running() {
 }
 
 case "${2:-start}" in
+args)  # the run's settings, one per line (scripts/gpu_run.sh trains with them)
+    printf '%s\n' "${ARGS[@]}"
+    ;;
 start)
     if running; then
         echo "already running: pid $(cat "$RUN/train.pid") in $RUN"

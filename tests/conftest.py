@@ -16,9 +16,13 @@ pytest_plugins = ["tests.helpers.servers"]  # real TorchServe fixtures
 
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory) -> Path:
-    """A folder with the tiny scale-2 model as enhancer.pt + enhancer.json."""
+    """A folder with the tiny scale-2 model as enhancer.pt + enhancer.json, and the SHA256SUMS
+    manifest an unpacked archive holds (the handler checks it at start)."""
+    from enhancer.integrity import write_manifest
+
     directory = tmp_path_factory.mktemp("model")
     tiny_sr(directory)
+    write_manifest(directory)
     return directory
 
 

@@ -3,6 +3,7 @@ rebuilt, and what it refuses to build."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -12,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from enhancer.card import ModelCard
+from enhancer.card import ModelCard, file_sha256
+from enhancer.integrity import MANIFEST_FILE, parse_manifest
 from scripts import archive as archive_cli
 from scripts.ops import archive
 from scripts.ops.paths import HANDLER, HANDLERS, MODEL_CONFIG, PACKAGE
@@ -154,3 +156,75 @@ def test_a_restore_model_ships_as_restore_pt_and_makes_the_archive_stale(tmp_pat
     wrong = save_model(tmp_path / "wrong", TinySR(depth=2), name="restore", tile=64)
     with pytest.raises(archive.ArchiveError, match="not one family"):
         archive.build_archive(model, export_path=tmp_path / "store2", restore=wrong)
+
+
+def test_a_restore_pt_beside_the_model_makes_the_pair_by_default(tmp_path, capsys):
+    """model_store/ ships enhancer.pt and restore.pt: `make run` and the archive command serve the
+    pair (the denoise option) without being told; --no-restore archives the model alone."""
+    from scripts.ops.paths import restore_beside
+    from tests.helpers.tiny_models import tiny_sr
+
+    store = tmp_path / "models"
+    clean = tiny_sr(store, name="enhancer", seed=1)
+    assert restore_beside(clean) is None
+    restore = tiny_sr(store, name="restore", seed=2)
+    assert restore_beside(clean) == restore and restore_beside(restore) is None
+    out = tmp_path / "out"
+    assert archive_cli.main(["--model", str(clean), "--export-path", str(out)]) == 0
+    with zipfile.ZipFile(out / "enhancer.mar") as packed:
+        assert packed.read("restore.pt") == restore.read_bytes()
+    assert archive_cli.main(["--model", str(clean), "--export-path", str(out), "--no-restore"]) == 0
+    with zipfile.ZipFile(out / "enhancer.mar") as packed:
+        assert "restore.pt" not in packed.namelist()
+    restore.with_suffix(".json").unlink()  # a model without its card pairs with nothing
+    assert restore_beside(clean) is None
+
+
+# -- verification: SHA256SUMS inside, the whole file's sha256 beside it ----------------------------
+
+
+def test_archive_lists_every_member_in_its_manifest_and_records_its_sha256(tmp_path, model):
+    mar = archive.build_archive(model, export_path=tmp_path / "store")
+    files = members(mar)
+    listed = parse_manifest(files[MANIFEST_FILE].decode())
+    assert set(listed) == set(files) - {MANIFEST_FILE}  # MAR-INF/MANIFEST.json included
+    assert {"enhancer_handler.py", "enhancer.pt", "model-config.yaml", "enhancer/engine.py"} <= set(
+        listed
+    )
+    assert all(hashlib.sha256(files[name]).hexdigest() == listed[name] for name in listed)
+    assert archive.sidecar(mar).read_text() == f"{file_sha256(mar)}  enhancer.mar\n"
+    assert archive.verify_archive(mar) == len(listed)
+    # an archive without its record is rebuilt (and so gets one)
+    archive.sidecar(mar).unlink()
+    assert archive.is_stale(mar, model)
+
+
+@pytest.mark.parametrize("where", [0.0, 0.3, 0.5, 0.9, 0.999])
+@pytest.mark.parametrize("store", [False, True])
+def test_one_flipped_byte_anywhere_is_a_damaged_archive(tmp_path, model, where, store):
+    mar = archive.build_archive(model, export_path=tmp_path / "store", store=store)
+    data = bytearray(mar.read_bytes())
+    data[int(len(data) * where)] ^= 0x01
+    mar.write_bytes(bytes(data))
+    with pytest.raises(archive.ArchiveDamaged, match="enhancer.mar is damaged: its sha256"):
+        archive.verify_archive(mar)
+    # without the record beside it, the CRCs and the manifest inside still tell (or the zip's
+    # own structure does); a flip in the middle lands in a member's bytes
+    archive.sidecar(mar).unlink()
+    if where == 0.5:
+        with pytest.raises(archive.ArchiveDamaged, match="enhancer.mar is damaged"):
+            archive.verify_archive(mar)
+
+
+def test_a_rezipped_archive_with_an_edited_member_is_named(tmp_path, model):
+    mar = archive.build_archive(model, export_path=tmp_path / "store")
+    edited = tmp_path / "edited" / "enhancer.mar"
+    edited.parent.mkdir()
+    with zipfile.ZipFile(mar) as source, zipfile.ZipFile(edited, "w") as target:
+        for info in source.infolist():
+            data = source.read(info)
+            if info.filename == "enhancer/engine.py":
+                data += b"\n# edited\n"
+            target.writestr(info, data)
+    with pytest.raises(archive.ArchiveDamaged, match="member enhancer/engine.py differs"):
+        archive.verify_archive(edited)

@@ -213,6 +213,12 @@ def test_drop_a_photo_compare_zoom_and_download(site, browser, photo, tmp_path):
     browser.locator("#queue li[data-state=done]").wait_for(timeout=60_000)
 
     assert item.locator(".name").text_content() == "holiday photo.png"
+    # The clean-up slider (denoise) sent its default; this server runs one model, refused it, and
+    # the page sent the photo again without it and turned the slider off, saying why.
+    denoise = browser.locator("#opt-denoise")
+    assert denoise.is_disabled()
+    assert browser.locator("#denoise-value").text_content() == "not available"
+    assert "runs one model" in browser.locator("#denoise-help").text_content()
     sizes = item.locator(".sizes").text_content()
     assert re.search(r"^300×200 px, .* → 600×400 px, .* PNG$", sizes), sizes
     assert item.locator(".status-text").text_content().startswith("Done in")
@@ -332,6 +338,45 @@ def test_errors_say_what_went_wrong(site, browser):
         .startswith("Too large: The file is 50.0 MB; the limit is 50 MB.")
     )
     assert not too_large.locator(".retry").is_visible()  # no point trying the same file again
+
+
+@pytest.fixture(scope="module")
+def small_budget(tmp_path_factory):
+    """A TorchServe whose worker admits about 4 s of estimated work per request, and its page."""
+    from tests.helpers.tiny_models import tiny_sr
+
+    model = tiny_sr(tmp_path_factory.mktemp("budget-model"))
+    ts = start_torchserve(
+        model,
+        tmp_path_factory.mktemp("budget-ts"),
+        model_config={"handler": {"time_budget_share": 4 / 300}},  # of responseTimeout 300 s
+    )
+    page = start_page(ts, tmp_path_factory.mktemp("budget-page"))
+    yield page
+    stop_page(page)
+    stop_torchserve(ts)
+
+
+def test_too_much_work_shows_the_estimate_and_offers_the_scale_that_fits(
+    small_budget, browser, photo
+):
+    browser.goto(small_budget.url)
+    browser.locator("#opt-scale").select_option("8")
+    drop(browser, [("big job.png", "image/png", encoded(photo(400, 300)))])
+    item = browser.locator("#queue li").first
+    browser.locator("#queue li[data-state=error]").wait_for(timeout=60_000)
+    message = item.locator(".error").text_content()
+    assert message.startswith("Too large: too much work: 400x300 at scale 8 needs about"), message
+    assert "over the time budget of 4 s per request" in message
+    best = float(re.search(r"the largest scale that fits this image is ([\d.]+)", message)[1])
+    retry = item.locator(".retry")
+    assert retry.text_content() == f"Try at {best:g}×"
+    retry.click()
+    browser.locator("#queue li[data-state=done]").wait_for(timeout=60_000)
+    after = item.locator("img.after")
+    want = [round(best * 400), round(best * 300)]
+    assert after.evaluate("img => [img.naturalWidth, img.naturalHeight]") == want
+    assert retry.text_content() == "Try again"  # the next failure offers the plain retry again
 
 
 def test_pick_by_keyboard_and_download_all_as_zip(site, browser, photo, tmp_path):

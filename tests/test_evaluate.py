@@ -285,3 +285,20 @@ def test_engine_upscaler_runs_level_and_enhance_first(sr_model):
     more, _ = evaluate.engine_upscaler(str(sr_model), None, "cpu", level=2, enhance_first=True)
     assert plain(lr, 2).shape == more(lr, 2).shape == (40, 28, 3)
     assert not np.array_equal(plain(lr, 2), more(lr, 2))
+
+
+def test_family_levels_score_the_pair_as_served(tmp_path, hr_folder):
+    """--restore: a row per denoise level; 0 and 1 are exactly the clean and restore models."""
+    from tests.helpers.tiny_models import tiny_sr
+
+    clean = tiny_sr(tmp_path / "pair", name="enhancer", seed=1)
+    restore = tiny_sr(tmp_path / "pair", name="restore", seed=2)
+    methods = {
+        "clean": evaluate.engine_upscaler(str(clean), None, "cpu")[0],
+        "restore": evaluate.engine_upscaler(str(restore), None, "cpu")[0],
+        **evaluate.family_upscalers(str(clean), str(restore), [0.0, 0.5, 1.0], "cpu"),
+    }
+    assert list(methods)[2:] == ["denoise 0", "denoise 0.5", "denoise 1"]
+    (row,) = evaluate.evaluate([str(hr_folder)], [2], methods, ["bicubic"], 0, log=lambda m: None)
+    assert row["denoise 0"] == row["clean"] and row["denoise 1"] == row["restore"]
+    assert row["denoise 0.5"] not in (row["clean"], row["restore"])

@@ -13,6 +13,7 @@ from enhancer import family
 from enhancer.card import file_sha256
 from enhancer.engine import Enhancer
 from enhancer.errors import OptionError
+from enhancer.integrity import write_manifest
 from enhancer.settings import EnhancerSettings
 from tests.helpers.context import FakeContext, load_handler_class
 from tests.helpers.images import gradient, open_bytes, to_bytes
@@ -118,6 +119,7 @@ def test_the_handler_serves_the_family_and_says_the_level(pair, tmp_path):
             (folder / path.with_suffix(suffix).name).write_bytes(
                 path.with_suffix(suffix).read_bytes()
             )
+    write_manifest(folder)
     context = FakeContext(folder, {"backend": "torchscript", "denoise": 0.25})
     context.manifest["model"]["serializedFile"] = "clean.pt"
     handler = load_handler_class()()
@@ -136,3 +138,14 @@ def test_the_handler_serves_the_family_and_says_the_level(pair, tmp_path):
     ]
     assert all(open_bytes(out).size == (24, 18) for out in outputs)
     assert outputs[0] != outputs[1]
+
+
+def test_the_triton_binding_serves_the_pair_beside_its_model(pair):
+    """scripts/triton_serve.py loads through ops.triton.load_enhancer: a restore.pt beside the
+    model makes the same clean/restore family the TorchServe archive serves."""
+    from scripts.ops.triton import load_enhancer
+
+    clean, _ = pair
+    engine = load_enhancer(clean, "cpu", TORCHSCRIPT)
+    assert sorted(engine.levels) == list(family.DENOISE_LEVELS)
+    assert engine.default_denoise == TORCHSCRIPT.denoise

@@ -371,11 +371,12 @@ def client(app):
 
 
 def assert_error(response, status: int, kind: str | None = None) -> dict:
-    """Check that the response is a JSON error {"code", "type", "message"}; return the body."""
+    """Check that the response is a JSON error {"code", "type", "message"} (a 413 may add
+    "max_scale"); return the body."""
     assert response.status_code == status, response.get_data(as_text=True)
     assert response.mimetype == "application/json"
     body = response.get_json()
-    assert set(body) == {"code", "type", "message"}
+    assert set(body) - ({"max_scale"} if status == 413 else set()) == {"code", "type", "message"}
     assert body["code"] == status
     if kind is not None:
         assert body["type"] == kind
@@ -417,6 +418,11 @@ def test_page_takes_formats_and_extensions_from_the_contract(client):
     assert config["extensions"] == {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
     for name in contract.FORMATS:
         assert f'value="{name}"' in html
+    # the clean-up slider steps through the served denoise levels, starting at the default
+    assert config["denoiseLevels"] == list(contract.DENOISE_LEVELS)
+    (slider,) = re.findall(r'<input type="range" name="denoise"[^>]*>', html)
+    assert f'max="{len(contract.DENOISE_LEVELS) - 1}"' in slider
+    assert f'value="{contract.DENOISE_LEVELS.index(contract.DENOISE_DEFAULT)}"' in slider
 
 
 def test_page_is_served_with_its_own_assets(client, stub):
@@ -850,10 +856,26 @@ def test_cross_site_posts_are_refused(client, stub, headers, status):
                 500, {"code": 500, "type": "InternalServerException", "message": "Worker died."}
             ),
             502,
-            "BadGateway",
+            "WorkerDied",
+            False,
+        ),
+        (
+            answer_with(
+                507, {"code": 507, "type": "InternalServerException", "message": "Worker died."}
+            ),
+            502,
+            "WorkerDied",
             False,
         ),
         (answer_with(503, QUEUE_FULL), 503, "ServiceBusy", True),
+        (
+            answer_with(
+                503, {"code": 503, "type": "ServiceBusy", "message": "busy: this image needs"}
+            ),
+            503,
+            "ServiceBusy",
+            True,
+        ),
         (
             answer_with(
                 503,
@@ -866,6 +888,14 @@ def test_cross_site_posts_are_refused(client, stub, headers, status):
         (
             answer_with(
                 507, {"code": 507, "type": "InsufficientStorage", "message": "out of memory"}
+            ),
+            503,
+            "ServiceBusy",
+            True,
+        ),
+        (
+            answer_with(
+                507, {"code": 507, "type": "InternalServerException", "message": "Out of resources"}
             ),
             503,
             "ServiceBusy",
@@ -887,9 +917,12 @@ def test_cross_site_posts_are_refused(client, stub, headers, status):
         "413-empty",
         "415",
         "500-worker-died",
+        "507-worker-killed",
         "503-queue-full",
+        "503-batch-busy",
         "503-prediction-failed",
         "507",
+        "507-out-of-resources",
         "200-not-an-image",
         "502-traceback",
     ],
@@ -912,8 +945,49 @@ def test_torchserve_answers_map_to_clear_errors(client, stub, answer, status, ki
     sent = answer(b"", {})[2]
     if status in (400, 413, 415) and sent.startswith(b"{"):
         assert body["message"] == json.loads(sent)["message"]  # the handler's own words
-    # Never sent twice: after a failure the image itself may be what kills the worker.
+    # A worker that died is given the image once more (enhancement is idempotent), never a third
+    # time: the image itself may be what kills it. Nothing else is sent twice.
+    assert len(stub.predictions) == (2 if kind == "WorkerDied" else 1)
+    if kind == "WorkerDied":
+        assert "died on this image twice" in body["message"]
+        assert "the image itself is the likely cause" in body["message"]
+    if status == 503:
+        assert "memory" in body["message"] or "busy" in body["message"]
+
+
+def test_a_worker_that_died_once_is_retried_and_the_upload_succeeds(client, stub, caplog):
+    died = answer_with(
+        500, {"code": 500, "type": "InternalServerException", "message": "Worker died."}
+    )
+    answers = [died, enhance_like_handler]
+    stub.answer = lambda body, headers: answers.pop(0)(body, headers)
+    response = upload(client, image_bytes(), scale="2")
+    assert response.status_code == 200
+    assert Image.open(io.BytesIO(response.data)).size == (80, 60)
+    assert len(stub.predictions) == 2
+    assert "worker died during a request; sending it once more" in caplog.text
+
+
+def test_out_of_memory_is_not_called_a_worker_death(client, stub):
+    stub.answer = answer_with(
+        507, {"code": 507, "type": "InsufficientStorage", "message": "out of memory on cuda"}
+    )
+    body = assert_error(upload(client, image_bytes()), 503, "ServiceBusy")
+    assert "ran out of memory" in body["message"] and "died" not in body["message"]
     assert len(stub.predictions) == 1
+
+
+def test_too_much_work_passes_the_largest_scale_that_fits_to_the_page(client, stub):
+    refused = {
+        "code": 413,
+        "type": "PayloadTooLarge",
+        "message": "too much work: ... the largest scale that fits this image is 2.5",
+        "max_scale": 2.5,
+    }
+    stub.answer = answer_with(413, refused)
+    body = assert_error(upload(client, image_bytes(), scale="8"), 413, "PayloadTooLarge")
+    assert body["max_scale"] == 2.5
+    assert body["message"] == refused["message"]
 
 
 def test_unexpected_errors_tell_nothing(client, stub, monkeypatch):

@@ -15,6 +15,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from enhancer.integrity import MANIFEST_FILE, ArchiveDamagedError, verify_folder, write_manifest
 from tests.helpers.context import FakeContext, load_handler_class
 from tests.helpers.images import animated, gradient, open_bytes, png_header, to_bytes
 
@@ -292,14 +293,42 @@ def test_bad_settings_fail_initialize(model_dir, config, words):
 
 @pytest.fixture
 def copied_model(model_dir, tmp_path) -> Path:
-    for name in ("enhancer.pt", "enhancer.json"):
+    for name in ("enhancer.pt", "enhancer.json", MANIFEST_FILE):
         shutil.copy(model_dir / name, tmp_path / name)
     return tmp_path
+
+
+def test_a_file_that_differs_from_the_manifest_fails_initialize_naming_it(copied_model):
+    with open(copied_model / "enhancer.pt", "ab") as f:
+        f.write(b"\x00")  # one extra byte: the archive is not what was built
+    with pytest.raises(ArchiveDamagedError, match="damaged: enhancer.pt has sha256"):
+        EnhancerHandler().initialize(FakeContext(copied_model))
+
+
+def test_a_missing_or_unlisted_file_or_no_manifest_fails_initialize(copied_model):
+    (copied_model / "extra.py").write_text("print('not built by the archiver')\n")
+    with pytest.raises(ArchiveDamagedError, match="extra.py is not listed"):
+        EnhancerHandler().initialize(FakeContext(copied_model))
+    (copied_model / "extra.py").unlink()
+    (copied_model / "enhancer.json").unlink()
+    with pytest.raises(ArchiveDamagedError, match="enhancer.json is listed .* but missing"):
+        EnhancerHandler().initialize(FakeContext(copied_model))
+    (copied_model / MANIFEST_FILE).unlink()
+    with pytest.raises(ArchiveDamagedError, match=f"no {MANIFEST_FILE}"):
+        EnhancerHandler().initialize(FakeContext(copied_model))
+
+
+def test_files_a_running_worker_writes_are_not_checked(copied_model):
+    for folder in ("__pycache__", ".backend-cache"):
+        (copied_model / folder).mkdir()
+        (copied_model / folder / "x.bin").write_bytes(b"cache")
+    assert verify_folder(copied_model) == 2
 
 
 def test_a_tampered_model_file_fails_initialize(copied_model):
     with open(copied_model / "enhancer.pt", "ab") as f:
         f.write(b"\x00")  # one extra byte: the archive is not what the card describes
+    write_manifest(copied_model)  # even with a manifest made to match, the card's sha256 holds
     with pytest.raises(ValueError, match="sha256.*refusing to load"):
         EnhancerHandler().initialize(FakeContext(copied_model))
 
@@ -309,12 +338,14 @@ def test_a_card_with_another_digest_fails_initialize(copied_model):
     card = json.loads(card_path.read_text())
     card["sha256"] = "f" * 64
     card_path.write_text(json.dumps(card))
+    write_manifest(copied_model)
     with pytest.raises(ValueError, match="f" * 64):
         EnhancerHandler().initialize(FakeContext(copied_model))
 
 
 def test_a_missing_card_fails_initialize(copied_model):
     (copied_model / "enhancer.json").unlink()
+    write_manifest(copied_model)
     with pytest.raises(FileNotFoundError):
         EnhancerHandler().initialize(FakeContext(copied_model))
 

@@ -14,6 +14,7 @@ import subprocess
 import pytest
 
 from scripts import serve as serve_cli
+from scripts.ops import archive
 from scripts.ops import torchserve as serve
 
 
@@ -78,6 +79,33 @@ def test_start_without_a_model_says_how_to_make_one(tmp_path, private_run, capsy
     assert launched == []
 
 
+def test_start_refuses_a_damaged_archive_rather_than_rebuilding_it(
+    tmp_path, private_run, capsys, monkeypatch, sr_model
+):
+    """One flipped byte in model_store/enhancer.mar: `serve start` says it is damaged, at once."""
+    store = tmp_path / "store"
+    monkeypatch.setattr(serve, "MODEL_STORE", store)
+    mar = archive.build_archive(sr_model, export_path=store)
+    data = bytearray(mar.read_bytes())
+    data[len(data) // 3] ^= 0x10
+    mar.write_bytes(bytes(data))
+    launched = []
+    monkeypatch.setattr(serve, "launch", lambda *args, **kwargs: launched.append(args))
+    assert serve_cli.main(["start", "--model", str(sr_model)]) == 1
+    err = capsys.readouterr().err
+    assert "enhancer.mar is damaged: its sha256 is" in err
+    assert "scripts.archive --force" in err
+    assert launched == []
+    assert mar.read_bytes() == bytes(data)  # reported, not silently rebuilt
+
+
+def test_launch_refuses_a_missing_or_damaged_archive(tmp_path):
+    instance = serve.Instance.from_config(tmp_path / "run", serve.CONFIG)
+    (tmp_path / "enhancer.mar").write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(serve.ServeError, match="enhancer.mar is damaged"):
+        serve.launch(instance, serve.CONFIG, tmp_path, "enhancer=enhancer.mar")
+
+
 def test_launch_keeps_the_security_defaults(tmp_path, monkeypatch):
     """The start command never turns token auth off or the model API on."""
     seen = []
@@ -88,7 +116,7 @@ def test_launch_keeps_the_security_defaults(tmp_path, monkeypatch):
 
     monkeypatch.setattr(serve.subprocess, "run", fake_run)
     instance = serve.Instance.from_config(tmp_path / "run", serve.CONFIG)
-    serve.launch(instance, serve.CONFIG, tmp_path, "enhancer=enhancer.mar")
+    serve.launch(instance, serve.CONFIG, tmp_path, "enhancer=enhancer.mar", verify=False)
     ((command, kwargs),) = seen
     assert command[1:] == [
         "--start",

@@ -1,8 +1,8 @@
 """End to end through a real TorchServe: the repository's handler, archive and config.properties.
 
 Most tests share the session server (``torchserve`` fixture: the tiny scale-2 model, started once).
-Three more servers start only where the config must differ: small limits (I9, the 413s), a tampered
-archive (S5, never becomes READY), and that is all; each costs a few seconds.
+Three more servers start only where the config must differ: small limits (I9, the 413s), tampered
+and damaged archives (S5, never become READY), and that is all; each costs a few seconds.
 
 Every bad request is followed by a good one, and the worker must be the same process as before
 (same pid, no "Retry worker" or "Worker died" in the log): a worker never dies on bad input.
@@ -518,25 +518,71 @@ def test_worker_uses_every_core(torchserve):
     assert f"CPU inference with {len(os.sched_getaffinity(0))} threads" in torchserve.log_text()
 
 
-def test_s5_tampered_archive_never_becomes_ready(tmp_path, sr_model):
-    """S5: a .mar whose model does not match its card's sha256 fails start-up with that error."""
-    good = archive.build_archive(sr_model, export_path=tmp_path / "good", store=True)
-    tampered = tmp_path / "store" / "enhancer.mar"
-    tampered.parent.mkdir()
-    with zipfile.ZipFile(good) as source, zipfile.ZipFile(tampered, "w") as target:
+def _rezip(good: Path, target: Path, member: str, change) -> Path:
+    """A valid zip holding ``good``'s members, with ``member``'s bytes passed through ``change``."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(good) as source, zipfile.ZipFile(target, "w") as out:
         for info in source.infolist():
             data = source.read(info)
-            if info.filename == sr_model.name:
-                flipped = bytearray(data)
-                flipped[len(flipped) // 2] ^= 0x01  # one bit of the weights
-                data = bytes(flipped)
-            target.writestr(info, data)
-    with pytest.raises(serve.ServeError) as caught:
+            out.writestr(info, change(data) if info.filename == member else data)
+    return target
+
+
+def _flip_middle(data: bytes) -> bytes:
+    flipped = bytearray(data)
+    flipped[len(flipped) // 2] ^= 0x01
+    return bytes(flipped)
+
+
+def test_s5_tampered_model_is_refused_before_start_and_by_the_worker(tmp_path, sr_model):
+    """S5: a .mar whose weights changed (a valid zip) is refused by the check before the start,
+    naming the member; skipping that check, the worker refuses it (its manifest, then the card)."""
+    good = archive.build_archive(sr_model, export_path=tmp_path / "good", store=True)
+    tampered = _rezip(good, tmp_path / "store" / "enhancer.mar", sr_model.name, _flip_middle)
+    started = time.monotonic()
+    with pytest.raises(serve.ServeError, match="member enhancer.pt differs from its sha256"):
         launch_torchserve(tampered, tmp_path / "ts", timeout=120)
+    assert time.monotonic() - started < 20
+    with pytest.raises(serve.ServeError) as caught:
+        launch_torchserve(tampered, tmp_path / "ts2", timeout=120, verify=False)
     message = str(caught.value)
     assert "cannot load model 'enhancer'" in message
-    assert "does not match its card" in message
+    assert "ArchiveDamagedError: the archive is damaged: enhancer.pt has sha256" in message
     assert "no READY worker after" not in message  # reported from the log, not by the timeout
+
+
+def test_s5_an_edited_handler_inside_the_archive_refuses_the_worker_start(tmp_path, sr_model):
+    """A handler changed inside the .mar (the red team's case: it used to start and run)."""
+    good = archive.build_archive(sr_model, export_path=tmp_path / "good", store=True)
+    edited = _rezip(
+        good,
+        tmp_path / "store" / "enhancer.mar",
+        "enhancer_handler.py",
+        lambda data: data + b"\nprint('edited')\n",
+    )
+    started = time.monotonic()
+    with pytest.raises(serve.ServeError) as caught:
+        launch_torchserve(edited, tmp_path / "ts", timeout=120, verify=False)
+    assert "the archive is damaged: enhancer_handler.py has sha256" in str(caught.value)
+    assert time.monotonic() - started < 60  # the 20 s of the issue, with room for a loaded CPU
+
+
+@pytest.mark.parametrize("verify", [True, False])
+def test_s5_one_flipped_byte_in_the_mar_fails_the_start_saying_it_is_damaged(
+    tmp_path, sr_model, verify
+):
+    """One flipped byte in a built (compressed) .mar: refused before the start by its recorded
+    sha256; without that check, TorchServe cannot unpack it and the start fails at once saying so
+    (it used to wait for a READY worker until the timeout)."""
+    mar = archive.build_archive(sr_model, export_path=tmp_path / "store")
+    data = bytearray(mar.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    mar.write_bytes(bytes(data))
+    started = time.monotonic()
+    with pytest.raises(serve.ServeError, match="enhancer.mar is damaged") as caught:
+        launch_torchserve(mar, tmp_path / "ts", timeout=120, verify=verify)
+    took = time.monotonic() - started
+    assert took < (1 if verify else 20), (took, str(caught.value)[:300])
 
 
 # -- limits (a server of its own: small max_request_size and max_output_bytes) ---------------------

@@ -24,6 +24,7 @@
     ServiceBusy: 'Service busy',
     ServiceUnavailable: 'Service down',
     BadGateway: 'The service failed',
+    WorkerDied: 'The service crashed',
     GatewayTimeout: 'Timed out',
     InternalServerError: 'Page error',
     Network: 'Connection failed',
@@ -45,6 +46,8 @@
   const quality = document.getElementById('opt-quality');
   const qualityValue = document.getElementById('quality-value');
   const format = document.getElementById('opt-format');
+  const denoise = document.getElementById('opt-denoise');
+  const denoiseValue = document.getElementById('denoise-value');
   const service = document.getElementById('service');
 
   const items = [];
@@ -104,7 +107,24 @@
     };
     if (options.format !== 'png') options.quality = data.get('quality');
     if (data.get('enhance_first')) options.enhance_first = 'true';
+    if (!denoise.disabled) options.denoise = String(config.denoiseLevels[Number(denoise.value)]);
     return options;
+  }
+
+  // The clean-up slider steps through the levels the server blends (enhancer.contract).
+  const DENOISE_WORDS = ['none', 'light', 'medium', 'strong', 'full'];
+  function syncDenoise() {
+    const level = config.denoiseLevels[Number(denoise.value)];
+    denoiseValue.textContent = DENOISE_WORDS[Number(denoise.value)] || String(level);
+  }
+  denoise.addEventListener('input', syncDenoise);
+  syncDenoise();
+
+  // A server with one model (no clean/restore pair) refuses the option: say so, stop sending it.
+  function noDenoise(message) {
+    denoise.disabled = true;
+    denoiseValue.textContent = 'not available';
+    document.getElementById('denoise-help').textContent = message;
   }
 
   function syncQuality() {
@@ -126,6 +146,7 @@
       state: 'queued',
       options: currentOptions(),
       retries: 0,
+      suggestedScale: null, // the largest scale the service said fits, after a 413 for too much work
       xhr: null,
       input: { url: URL.createObjectURL(file), width: 0, height: 0 },
       result: null,
@@ -158,6 +179,10 @@
     item.parts.compare.addEventListener('click', () => downloadCompare(item));
     item.parts.retry.addEventListener('click', () => {
       item.options = currentOptions();
+      // After "too much work", the retry asks for the largest scale the service said fits.
+      if (item.suggestedScale) item.options.scale = String(item.suggestedScale);
+      item.suggestedScale = null;
+      item.parts.retry.textContent = 'Try again';
       item.retries = 0;
       item.parts.error.hidden = true;
       item.parts.retry.hidden = true;
@@ -314,8 +339,22 @@
       }, wait * 1000);
       return;
     }
+    if (type === 'BadRequest' && 'denoise' in item.options && message.startsWith("option 'denoise'")
+        && message.includes('one model')) {
+      // the slider was only this page's default: send the photo again without it
+      noDenoise('This server runs one model: it enlarges and sharpens, without a separate clean-up.');
+      delete item.options.denoise;
+      setStatus(item, 'queued', 'Waiting', null);
+      pump();
+      return;
+    }
     fail(item, type, type === 'ServiceBusy' ? `${message} Try again in a minute.` : message);
-    if (type === 'ServiceUnavailable' || type === 'BadGateway') checkHealth();
+    // Too much work for the time the service allows: offer the largest scale that fits.
+    if (type === 'PayloadTooLarge' && body && typeof body.max_scale === 'number') {
+      item.suggestedScale = body.max_scale;
+      item.parts.retry.textContent = `Try at ${body.max_scale}×`;
+    }
+    if (type === 'ServiceUnavailable' || type === 'BadGateway' || type === 'WorkerDied') checkHealth();
   }
 
   async function showResult(item, blob, type) {

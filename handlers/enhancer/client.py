@@ -9,13 +9,18 @@ answer with (RELIABILITY.md section 4):
     ==========================================  ===================================================
     TorchServe                                  the page
     ==========================================  ===================================================
-    400 / 413 / 415 / 422 from the handler      the same code and the handler's message
+    400 / 413 / 415 / 422 from the handler      the same code, the handler's message (and a 413's
+                                                ``max_scale``: the largest scale that fits in time)
     413 with an empty body (request too big)    413
     400 InvalidKeyException                     refresh the key and retry once; then 503
     404 ModelNotFoundException                  503 (the model is not loaded)
     503 ServiceUnavailableException (queue)     503 ServiceBusy with Retry-After
-    507 (out of memory)                         503 ServiceBusy with Retry-After
-    500 "Worker died." / 503 "Prediction fail"  502, never retried (the image may be the poison)
+    503 ServiceBusy (the handler: batch full)   503 ServiceBusy with Retry-After
+    507 InsufficientStorage / Out of resources  503 ServiceBusy with Retry-After (out of memory)
+    500 / 507 "Worker died."                    sent once more (enhancement is idempotent); a second
+                                                death is 502 WorkerDied naming the image as the
+                                                likely cause, never sent a third time
+    503 "Prediction failed" (a handler bug)     502, never retried
     connection refused, no key file             503 ServiceUnavailable
     read timeout                                504
     ==========================================  ===================================================
@@ -68,14 +73,24 @@ class TorchServeError(Exception):
         kind: the error type for the JSON body, e.g. "ServiceBusy".
         message: a sentence for the user; it never holds paths, keys or tracebacks.
         retry_after: seconds the user should wait before trying again, for 503 ServiceBusy.
+        extra: more fields of the error body: ``max_scale`` for a 413 that says the request is
+            too much work (the largest scale that fits the image, or None).
     """
 
-    def __init__(self, status: int, kind: str, message: str, retry_after: int | None = None):
+    def __init__(
+        self,
+        status: int,
+        kind: str,
+        message: str,
+        retry_after: int | None = None,
+        extra: Mapping[str, object] | None = None,
+    ):
         super().__init__(f"{status} {kind}: {message}")
         self.status = status
         self.kind = kind
         self.message = message
         self.retry_after = retry_after
+        self.extra = dict(extra or {})  # more fields for the body (a 413's ``max_scale``)
 
 
 @dataclass
@@ -258,19 +273,33 @@ class TorchServeClient:
         """
         headers = {"Content-Type": "application/octet-stream"}
         headers.update({option_header(name): value for name, value in options.items()})
-        response = self._call(
-            "POST",
-            f"{self.inference_url}/predictions/{self.model_name}",
-            "inference",
-            timeout=(self.connect_timeout, self.read_timeout),
-            data=data,
-            headers=headers,
-            stream=True,
-        )
-        if response.status_code != 200:
+        for attempt in (1, 2):
+            response = self._call(
+                "POST",
+                f"{self.inference_url}/predictions/{self.model_name}",
+                "inference",
+                timeout=(self.connect_timeout, self.read_timeout),
+                data=data,
+                headers=headers,
+                stream=True,
+            )
+            if response.status_code == 200:
+                break
+            died = _worker_died(response)
             error = self._error_for(response)
             response.close()
-            raise error
+            if not died:
+                raise error
+            if attempt == 2:
+                logger.warning("TorchServe's worker died twice on one image; not sending it again")
+                raise TorchServeError(
+                    502,
+                    "WorkerDied",
+                    "The enhancement service's worker died on this image twice (it was retried "
+                    "once), so the image itself is the likely cause; it was not sent again.",
+                )
+            # Enhancement is idempotent: send it once more to the restarted worker (queued there).
+            logger.warning("TorchServe's worker died during a request; sending it once more")
         content_type = response.headers.get("Content-Type", "").split(";")[0].strip().lower()
         if content_type not in IMAGE_TYPES:
             response.close()
@@ -490,18 +519,38 @@ class TorchServeClient:
         status = response.status_code
         kind, message = _body(response)
         logger.info("TorchServe answered %d %s: %s", status, kind, message)
+        if _worker_died(response):
+            # a crash, the OS's kill (507) or a responseTimeout: not the image's fault, not memory
+            return TorchServeError(
+                502,
+                "WorkerDied",
+                "The enhancement service's worker died while working on this image.",
+            )
         if status in _CLIENT_ERRORS:
             if status == 413 and not message:
                 # TorchServe's own max_request_size (bytes); its pixel limits come with a message.
                 message = "The upload is over the enhancement service's request size limit."
+            extra = {}
+            if status == 413 and "max_scale" in _json(response):
+                extra["max_scale"] = _json(response)["max_scale"]
             return TorchServeError(
-                status, kind or _CLIENT_ERRORS[status], message or "The image was refused."
+                status,
+                kind or _CLIENT_ERRORS[status],
+                message or "The image was refused.",
+                extra=extra,
             )
         if status == 404:
             return TorchServeError(
                 503, "ServiceUnavailable", f"The model '{self.model_name}' is not loaded."
             )
         if status == 503 and kind == "ServiceUnavailableException":
+            return TorchServeError(
+                503,
+                "ServiceBusy",
+                "The enhancement service is busy with other images.",
+                self.retry_after,
+            )
+        if status == 503 and kind == "ServiceBusy":  # the handler: its batch's time is taken
             return TorchServeError(
                 503,
                 "ServiceBusy",
@@ -543,15 +592,26 @@ def worker_statuses(described: object) -> list[str]:
     return [str(worker.get("status")) for worker in workers if isinstance(worker, dict)]
 
 
-def _body(response: requests.Response) -> tuple[str, str]:
-    """(type, message) of a TorchServe error body; empty strings when it has none."""
+def _json(response: requests.Response) -> dict:
+    """A TorchServe error body as a dict; empty when it has none."""
     try:
         data = json.loads(response.content[:65536] or b"null")
     except ValueError:
-        return "", ""
-    if not isinstance(data, dict):
-        return "", ""
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _body(response: requests.Response) -> tuple[str, str]:
+    """(type, message) of a TorchServe error body; empty strings when it has none."""
+    data = _json(response)
     return str(data.get("type") or ""), str(data.get("message") or "")[:_MESSAGE_LIMIT]
+
+
+def _worker_died(response: requests.Response) -> bool:
+    """Whether TorchServe says the worker died under the request: 500 "Worker died." (a crash or
+    ``responseTimeout``), or 507 with it (the OS killed the worker: exit 137). A 507 from the
+    handler itself (InsufficientStorage) or TorchServe's "Out of resources" is out of memory."""
+    return response.status_code in (500, 507) and "worker died" in _body(response)[1].lower()
 
 
 def _invalid_key(response: requests.Response) -> bool:

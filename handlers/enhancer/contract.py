@@ -42,6 +42,11 @@ METADATA_MODES = ("keep", "strip-location", "strip")
 METADATA_DEFAULT = "strip-location"
 # A served clean/restore family: the restore model's file inside the archive (restore.json beside).
 RESTORE_FILE = "restore.pt"
+# The ``denoise`` levels a family serves (blends computed at load; a request's value snaps to the
+# nearest), and the level of a request that sets none (settings.py ``denoise`` overrides it per
+# deployment). 0 is the clean model, 1 the restore model.
+DENOISE_LEVELS = (0.0, 0.25, 0.5, 0.75, 1.0)
+DENOISE_DEFAULT = 0.5
 
 # Values of the ``format`` option; "auto" keeps the input's format where it can.
 FORMATS = ("auto", "png", "jpeg", "webp")
@@ -139,6 +144,7 @@ def header_option(suffix: str) -> str:
     return suffix.lower().replace("-", "_")
 
 
-def error_body(status: int, kind: str, message: str) -> dict[str, object]:
-    """An error's JSON body, shaped like TorchServe's own: ``{"code", "type", "message"}``."""
-    return {"code": status, "type": kind, "message": message}
+def error_body(status: int, kind: str, message: str, **extra: object) -> dict[str, object]:
+    """An error's JSON body, shaped like TorchServe's own: ``{"code", "type", "message"}``, plus
+    ``extra`` fields (``max_scale`` of a 413 for too much work: the largest scale that fits)."""
+    return {"code": status, "type": kind, "message": message, **extra}

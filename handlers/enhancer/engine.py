@@ -12,18 +12,32 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import logging
+import math
 import os
+import time
 from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
+from enhancer.admission import Throughput, largest_scale, work
 from enhancer.card import ModelCard
 from enhancer.compare import compare_size, side_by_side
 from enhancer.contract import SCALE_USED_HEADER
-from enhancer.errors import EnhanceError, InternalError, OptionError, OutOfMemory, PayloadTooLarge
+from enhancer.errors import (
+    Busy,
+    EnhanceError,
+    InternalError,
+    OptionError,
+    OutOfMemory,
+    PayloadTooLarge,
+    TooMuchWork,
+)
 from enhancer.family import DENOISE_LEVELS, blend, check_family, snap
 from enhancer.imaging import (
     CONTENT_TYPES,
@@ -69,6 +83,7 @@ class Job:
     target: tuple[int, int]
     plan: list[Pass]
     denoise: float | None = None  # the level it runs at, when the engine has a model family
+    estimate: float | None = None  # seconds it should take, when the engine admits by cost
     color: torch.Tensor | None = None  # the enhanced colour planes once ``run`` succeeded
     error: EnhanceError | None = None
 
@@ -148,6 +163,9 @@ class Enhancer:
         self.batch_size = (
             settings.tile_batch_gpu if self.device.type == "cuda" else settings.tile_batch_cpu
         )
+        # Admission by cost (admission.py): off until ``admit_within`` gives a budget.
+        self.budget: float | None = None
+        self.throughput: Throughput | None = None
 
     @classmethod
     def load(
@@ -206,20 +224,15 @@ class Enhancer:
         options = parse_options(raw_options or {}, self.card, self.settings)
         denoise = self._denoise_level(options)
         image, fmt = open_image(data, self.settings.max_input_pixels)
-        if not options.scale_auto:
-            self._check_output_pixels(image.size, options.scale)
+        if options.scale_auto:
+            options = dataclasses.replace(
+                options, scale=float(self._auto_scale(image, fmt, options))
+            )
+        self._check_output_pixels(image.size, options.scale)
+        estimate = self._check_cost(image.size, options)
         picture = load_picture(image, data, fmt)
         width, height = picture.size
         out_format = resolve_format(options.format, picture)
-        if options.scale_auto:
-            chosen = auto_scale(
-                width,
-                height,
-                max_scale=self.settings.max_scale,
-                max_output_pixels=self.settings.max_output_pixels,
-                max_side=FORMAT_MAX_SIDE[out_format],
-            )
-            options = dataclasses.replace(options, scale=float(chosen))
         target = output_size(width, height, options.scale)
         check_output_format(out_format, target)
         self._check_restoring_passes(target, options)
@@ -228,7 +241,29 @@ class Enhancer:
         plan = plan_passes(
             width, height, options.scale, level=options.level, enhance_first=options.enhance_first
         )
-        return Job(options, picture, out_format, target, plan, denoise)
+        return Job(options, picture, out_format, target, plan, denoise, estimate)
+
+    def _auto_scale(self, image: Image.Image, fmt: str, options: Options) -> int:
+        """``scale=auto`` for an image not yet decoded (passes.auto_scale; orientation does not
+        change a whole factor's choice), also within the time budget when one is set."""
+        output = options.format
+        if output == "auto":  # the longest side of what resolve_format can answer
+            output = {"JPEG": "jpeg", "WEBP": "webp"}.get(fmt, "png")
+        width, height = image.size
+        scale = auto_scale(
+            width,
+            height,
+            max_scale=self.settings.max_scale,
+            max_output_pixels=self.settings.max_output_pixels,
+            max_side=FORMAT_MAX_SIDE[output],
+        )
+        if self.budget is None or self.throughput is None:
+            return scale
+        tile = options.tile or self.tile
+        level, first = options.level, options.enhance_first
+        while scale > 1 and self.estimate(width, height, scale, tile, level, first) > self.budget:
+            scale -= 1
+        return scale
 
     def _denoise_level(self, options: Options) -> float | None:
         """The precomputed level a request runs at, or None for an engine of one model."""
@@ -273,6 +308,144 @@ class Enhancer:
                 f"at scale {scale:g}; "
                 f"the limit is {self.settings.max_output_pixels:,} pixels"
             )
+
+    # -- admission by cost (admission.py) --------------------------------------------------------
+
+    def admit_within(self, budget: float, throughput: Throughput | None = None) -> Throughput:
+        """Refuse from now on every request estimated to take more than ``budget`` seconds.
+
+        Args:
+            budget: seconds one model call of the server may take (a share of its timeout).
+            throughput: the speed to estimate with; default: measured now (``calibrate``).
+
+        Returns:
+            The throughput the estimates use.
+        """
+        self.throughput = throughput or self.calibrate()
+        self.budget = budget
+        return self.throughput
+
+    def calibrate(self, side: int | None = None) -> Throughput:
+        """Measure this engine's own speed: a noise image of ``side`` x ``side`` (default: the
+        tile, at most 256) enhanced 2x to PNG through all three stages, twice; the second run is
+        timed (the first warms the backend up). Noise is the worst case for the encoder, and one
+        window smaller than the tile costs more per pixel than the tiles of a large image: the
+        estimates lean to the safe side. 2-6 s of a worker's start on this CPU, with the model."""
+        side = side or min(self.tile, 256)
+        pixels = np.random.default_rng(0).integers(0, 256, (side, side, 3), dtype=np.uint8)
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, "PNG", compress_level=1)
+        data = buffer.getvalue()
+        options = {"scale": "2", "format": "png"}
+        # calibrating is never refused, whatever the limits and the budget
+        budget, settings = self.budget, self.settings
+        self.budget = None
+        self.settings = dataclasses.replace(
+            settings,
+            max_input_pixels=max(settings.max_input_pixels, side * side),
+            max_output_pixels=max(settings.max_output_pixels, 4 * side * side),
+            max_output_bytes=max(settings.max_output_bytes, 16 * side * side),
+        )
+        try:
+            for _ in range(2):
+                started = time.perf_counter()
+                job = self.prepare(data, options)
+                prepared = time.perf_counter()
+                self.run([job])
+                ran = time.perf_counter()
+                self.finish(job)
+                finished = time.perf_counter()
+        finally:
+            self.budget, self.settings = budget, settings
+        model_pixels, output_pixels = work(side, side, 2.0, self.card, self.tile)
+        throughput = Throughput(
+            (ran - prepared) / model_pixels,
+            (prepared - started + finished - ran) / output_pixels,
+            self.runner.backend,
+            str(self.device),
+        )
+        logger.info("calibrated on a %dx%d noise image: %s", side, side, throughput.describe())
+        return throughput
+
+    def estimate(
+        self,
+        width: int,
+        height: int,
+        scale: float,
+        tile: int | None = None,
+        level: int = 1,
+        enhance_first: bool = False,
+    ) -> float:
+        """Seconds enhancing a ``width`` x ``height`` image ``scale`` times (with ``level`` and
+        ``enhance_first`` as the options) should take here.
+
+        Raises:
+            RuntimeError: the engine was not calibrated (``admit_within``, ``calibrate``).
+        """
+        if self.throughput is None:
+            raise RuntimeError("estimate() needs a throughput: call admit_within() first")
+        plan = {"level": level, "enhance_first": enhance_first}
+        return self.throughput.seconds(
+            work(width, height, scale, self.card, tile or self.tile, **plan)
+        )
+
+    def _check_cost(self, size: tuple[int, int], options: Options) -> float | None:
+        """The request's estimated seconds; TooMuchWork (413) when they are over the budget."""
+        if self.budget is None or self.throughput is None:
+            return None
+        width, height = size
+        tile = options.tile or self.tile
+        passes = (options.level, options.enhance_first)
+        seconds = self.estimate(width, height, options.scale, tile, *passes)
+        if seconds <= self.budget:
+            return seconds
+
+        def fits(scale: float) -> bool:
+            out_w, out_h = output_size(width, height, scale)
+            return (
+                out_w * out_h <= self.settings.max_output_pixels
+                and self.estimate(width, height, scale, tile, *passes) <= self.budget
+            )
+
+        best = largest_scale(fits, options.scale)
+        head = (
+            f"too much work: {width}x{height} at scale {options.scale:g} needs about "
+            f"{seconds:.0f} s here, over the time budget of {self.budget:.0f} s per request; "
+        )
+        if best is not None:
+            raise TooMuchWork(f"{head}the largest scale that fits this image is {best:g}", best)
+        # even scale 1 does not fit: say how small an image would, at the asked scale
+        shrink = math.sqrt(self.budget / seconds)
+        for _ in range(40):
+            smaller = (max(1, int(width * shrink)), max(1, int(height * shrink)))
+            if self.estimate(*smaller, options.scale, tile, *passes) <= self.budget:
+                break
+            shrink *= 0.95
+        raise TooMuchWork(
+            f"{head}no scale fits this image; about {smaller[0]}x{smaller[1]} would at scale "
+            f"{options.scale:g}",
+            None,
+        )
+
+    def admit_batch(self, items: Sequence[Job | EnhanceError]) -> list[Job | EnhanceError]:
+        """The items of one model call, with a Busy (503) error in place of each job that fits the
+        budget alone but not after the jobs before it (the whole call must end in time)."""
+        if self.budget is None:
+            return list(items)
+        admitted = []
+        total = 0.0
+        for item in items:
+            if isinstance(item, Job) and item.estimate is not None:
+                if total > 0 and total + item.estimate > self.budget:
+                    item = Busy(
+                        f"busy: this image needs about {item.estimate:.0f} s and the worker's "
+                        f"current batch already {total:.0f} s of its {self.budget:.0f} s budget; "
+                        "retry in a moment"
+                    )
+                else:
+                    total += item.estimate
+            admitted.append(item)
+        return admitted
 
     # -- stage 2 ---------------------------------------------------------------------------------
 

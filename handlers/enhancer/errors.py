@@ -19,10 +19,11 @@ class EnhanceError(Exception):
     def __init__(self, message: str):
         super().__init__(message)
         self.message = message
+        self.extra: dict[str, object] = {}  # more fields of the body (``max_scale``)
 
     def to_json(self) -> bytes:
         """The error body, shaped like TorchServe's own: ``{"code", "type", "message"}``."""
-        return json.dumps(error_body(self.status, self.kind, self.message)).encode()
+        return json.dumps(error_body(self.status, self.kind, self.message, **self.extra)).encode()
 
 
 class BadRequest(EnhanceError):
@@ -45,6 +46,23 @@ class PayloadTooLarge(EnhanceError):
 
     status = 413
     kind = "PayloadTooLarge"
+
+
+class TooMuchWork(PayloadTooLarge):
+    """413: the request's estimated time is over the worker's time budget (admission.py); the
+    body's ``max_scale`` is the largest scale that fits this image (null when none does)."""
+
+    def __init__(self, message: str, max_scale: float | None):
+        super().__init__(message)
+        self.max_scale = max_scale
+        self.extra = {"max_scale": max_scale}
+
+
+class Busy(EnhanceError):
+    """503: the request fits the time budget alone, but not beside the others of its batch."""
+
+    status = 503
+    kind = "ServiceBusy"
 
 
 class UnsupportedMedia(EnhanceError):

@@ -16,9 +16,8 @@ import io
 import torch
 
 from enhancer.card import ModelCard
+from enhancer.contract import DENOISE_LEVELS  # blends computed at load: 0 clean, 1 restore, exactly
 
-# Blends computed at load: 0 is the clean model, 1 the restore model, exactly.
-DENOISE_LEVELS = (0.0, 0.25, 0.5, 0.75, 1.0)
 # Card fields that must agree for two models to be tiled and blended alike.
 _GEOMETRY = ("scale", "multiple", "tile", "overlap", "dynamic")
 

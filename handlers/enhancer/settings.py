@@ -6,6 +6,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from enhancer.contract import DENOISE_DEFAULT
+
 PRECISIONS = ("auto", "float32", "float16", "bfloat16")
 BACKENDS = ("auto", "torchscript", "openvino")  # float32 on a CPU: backends.py
 
@@ -36,6 +38,9 @@ class EnhancerSettings:
             family is served (snapped to the nearest precomputed level, family.py).
         jpeg_quality, webp_quality: defaults of the ``quality`` option.
         png_compress_level: zlib level for PNG output (0-9); 3: far faster than 6, nearly as small.
+        time_budget_share: the share of the server's timeout (TorchServe's ``responseTimeout``)
+            a request, or a batch of requests, may be estimated to take; above it a request is
+            refused with 413 before any work (admission.py). 0 turns admission by cost off.
     """
 
     max_input_pixels: int = 4096 * 4096
@@ -49,10 +54,11 @@ class EnhancerSettings:
     cpu_threads: int = 0
     backend: str = "auto"
     openvino_tile: int = 512
-    denoise: float = 0.5
+    denoise: float = DENOISE_DEFAULT
     jpeg_quality: int = 92
     webp_quality: int = 90
     png_compress_level: int = 3
+    time_budget_share: float = 0.5
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None) -> EnhancerSettings:
@@ -120,3 +126,5 @@ class EnhancerSettings:
                 raise ValueError(f"settings: '{key}' must be in [1, 100]")
         if not 0 <= self.png_compress_level <= 9:
             raise ValueError("settings: 'png_compress_level' must be in [0, 9]")
+        if not 0.0 <= self.time_budget_share <= 1.0:
+            raise ValueError("settings: 'time_budget_share' must be in [0, 1]")

@@ -107,6 +107,22 @@ def engine_upscaler(
     return run, enh.card
 
 
+def family_upscalers(model_path: str, restore_path: str, levels: list[float], device: str) -> dict:
+    """One method per ``denoise`` level of a clean/restore pair loaded as the server loads it
+    (blends computed at load; each level snapped as a request's would be), named "denoise L"."""
+    from enhancer.engine import Enhancer
+
+    enh = Enhancer.load(model_path, device=device, restore_path=restore_path)
+
+    def at(level: float):
+        def run(lr: Image.Image, scale: int) -> np.ndarray:
+            return to_uint8(enh.upscale(to_tensor(lr), float(scale), denoise=level))
+
+        return run
+
+    return {f"denoise {level:g}": at(level) for level in levels}
+
+
 def measure_speed(model_path: str, card_path: str | None, image: str, device: str, reps: int = 3):
     """Output megapixels per second of ``Enhancer.upscale`` at 2x on ``image`` (best of ``reps``
     after a warm-up), with the torch thread count it ran with."""

@@ -6,24 +6,34 @@ the handler imports ``enhancer`` from beside it), the model's card (``<model>.js
 handler reads beside the .pt) and ``handlers/model-config.yaml``. The card's sha256 must match the
 .pt, or nothing is built: the handler would refuse it at start-up. The archive is rebuilt only when
 an input is newer than it or differs from its copy inside (or with ``force``).
+
+Verification, two layers: inside, ``SHA256SUMS`` lists the sha256 of every other member (written
+into the zip after torch-model-archiver, so ``MAR-INF/MANIFEST.json`` is covered too), which the
+worker checks at start (``enhancer.integrity``); beside it, ``<name>.mar.sha256`` records the whole
+file's sha256, which ``verify_archive`` checks before TorchServe is started on it, so one flipped
+byte anywhere in the file (even where no unzip would look) is reported as a damaged archive.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import subprocess
 import sys
 import tempfile
 import zipfile
+import zlib
 from pathlib import Path
 
 from enhancer.card import ModelCard, file_sha256
 from enhancer.contract import MODEL_NAME, RESTORE_FILE
 from enhancer.family import check_family
+from enhancer.integrity import MANIFEST_FILE, ArchiveDamagedError, manifest_text, parse_manifest
 from scripts.ops.paths import DEFAULT_MODEL, HANDLER, HANDLERS, MODEL_CONFIG, MODEL_STORE, PACKAGE
 
 __all__ = [
+    "ArchiveDamaged",
     "ArchiveError",
     "archive_inputs",
     "build_archive",
@@ -33,11 +43,22 @@ __all__ = [
     "load_verified_card",
     "member_name",
     "package_files",
+    "sidecar",
+    "verify_archive",
 ]
 
 
 class ArchiveError(Exception):
     """The archive cannot be built (missing input, a card that does not match its model, ...)."""
+
+
+class ArchiveDamaged(ArchiveError):  # noqa: N818 - reads as what it is, like ArchiveError
+    """A built archive is not what was built: its sha256, a member's CRC or its manifest differ."""
+
+
+def sidecar(mar: Path) -> Path:
+    """``<name>.mar.sha256`` beside the archive: its sha256 when it was built (sha256sum format)."""
+    return Path(mar).with_name(f"{Path(mar).name}.sha256")
 
 
 def package_files() -> list[Path]:
@@ -94,6 +115,8 @@ def is_stale(
         inputs = [*inputs, Path(restore), Path(restore).with_suffix(".json")]
     if not mar.exists() or any(path.stat().st_mtime > mar.stat().st_mtime for path in inputs):
         return True
+    if not sidecar(mar).exists():
+        return True  # built before archives were verified, or by hand
     try:
         with zipfile.ZipFile(mar) as archive:
             manifest = json.loads(archive.read("MAR-INF/MANIFEST.json"))
@@ -112,6 +135,8 @@ def is_stale(
                 return True
             # the restore model ships as restore.pt + restore.json; its card covers the .pt
             members = set(archive.namelist())
+            if MANIFEST_FILE not in members:
+                return True
             if restore is None:
                 if RESTORE_FILE in members:
                     return True
@@ -120,7 +145,7 @@ def is_stale(
             # a module removed from the package must leave the archive too
             shipped = {n for n in archive.namelist() if n.startswith(f"{PACKAGE.name}/")}
             return shipped != {member_name(p) for p in package_files()}
-    except (KeyError, ValueError, zipfile.BadZipFile):
+    except (KeyError, ValueError, EOFError, zipfile.BadZipFile, zlib.error):
         return True
 
 
@@ -233,7 +258,81 @@ def build_archive(
         raise ArchiveError(
             f"torch-model-archiver failed ({done.returncode}): {done.stderr.strip()[-2000:]}"
         )
+    seal(mar, store=store)
     return mar
+
+
+def seal(mar: Path, *, store: bool = False) -> str:
+    """Add ``SHA256SUMS`` (every member's sha256) to a freshly built archive, then record the whole
+    file's sha256 beside it (``sidecar``).
+
+    Returns:
+        The archive's sha256.
+    """
+    with zipfile.ZipFile(mar, "a") as archive:
+        digests = {
+            info.filename: hashlib.sha256(archive.read(info)).hexdigest()
+            for info in archive.infolist()
+            if not info.is_dir()
+        }
+        compression = zipfile.ZIP_STORED if store else zipfile.ZIP_DEFLATED
+        archive.writestr(MANIFEST_FILE, manifest_text(digests), compress_type=compression)
+    digest = file_sha256(mar)
+    sidecar(mar).write_text(f"{digest}  {Path(mar).name}\n")
+    return digest
+
+
+def verify_archive(mar: Path) -> int:
+    """Check a built archive before serving it: the whole file against its sidecar (when there is
+    one), every member's CRC, and every member against ``SHA256SUMS``.
+
+    Returns:
+        How many members the manifest covers.
+
+    Raises:
+        ArchiveDamaged: the one-line reason, naming the file or member.
+    """
+    mar = Path(mar)
+    rebuild = "rebuild it with `python -m scripts.archive --force` (make archive)"
+    recorded = sidecar(mar)
+    if recorded.exists():
+        want = recorded.read_text().split()[0] if recorded.read_text().split() else ""
+        got = file_sha256(mar)
+        if got != want:
+            raise ArchiveDamaged(
+                f"the archive {mar} is damaged: its sha256 is {got[:16]}..., but "
+                f"{want[:16]}... was recorded when it was built ({recorded.name}); {rebuild}"
+            )
+    try:
+        with zipfile.ZipFile(mar) as archive:
+            bad = archive.testzip()
+            if bad is not None:
+                raise ArchiveDamaged(
+                    f"the archive {mar} is damaged: member {bad} fails its CRC check; {rebuild}"
+                )
+            names = {info.filename for info in archive.infolist() if not info.is_dir()}
+            if MANIFEST_FILE not in names:
+                raise ArchiveDamaged(f"the archive {mar} has no {MANIFEST_FILE}; {rebuild}")
+            digests = parse_manifest(archive.read(MANIFEST_FILE).decode("utf-8", "replace"))
+            for name in sorted(names - {MANIFEST_FILE} | set(digests)):
+                if name not in digests:
+                    problem = f"member {name} is not listed in {MANIFEST_FILE}"
+                elif name not in names:
+                    problem = f"{name}, listed in {MANIFEST_FILE}, is missing"
+                elif hashlib.sha256(archive.read(name)).hexdigest() != digests[name]:
+                    problem = f"member {name} differs from its sha256 in {MANIFEST_FILE}"
+                else:
+                    continue
+                raise ArchiveDamaged(f"the archive {mar} is damaged: {problem}; {rebuild}")
+    except (
+        zipfile.BadZipFile,
+        zipfile.LargeZipFile,
+        ArchiveDamagedError,
+        OSError,
+        zlib.error,
+    ) as error:
+        raise ArchiveDamaged(f"the archive {mar} is damaged: {error}; {rebuild}") from None
+    return len(digests)
 
 
 def describe(mar: Path) -> str:

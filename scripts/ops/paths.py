@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from enhancer.contract import MODEL_NAME
+from enhancer.contract import MODEL_NAME, RESTORE_FILE
 
 REPO = Path(__file__).resolve().parents[2]
 RUN_DIR = REPO / ".run"
@@ -15,3 +15,13 @@ HANDLERS = REPO / "handlers"
 HANDLER = HANDLERS / "enhancer_handler.py"
 PACKAGE = HANDLERS / "enhancer"
 MODEL_CONFIG = HANDLERS / "model-config.yaml"
+
+
+def restore_beside(model: Path) -> Path | None:
+    """The restore model that pairs with ``model``: ``restore.pt`` and its card in the same folder
+    (the layout the archive has inside, and model_store/ ships), or None. With it the server runs
+    the clean/restore family and takes the ``denoise`` option."""
+    restore = Path(model).with_name(RESTORE_FILE)
+    if Path(model).name == RESTORE_FILE or not restore.exists():
+        return None
+    return restore if restore.with_suffix(".json").exists() else None

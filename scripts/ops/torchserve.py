@@ -26,7 +26,7 @@ from pathlib import Path
 from enhancer.client import TorchServeClient, TorchServeError, worker_statuses
 from enhancer.contract import MODEL_NAME, option_header
 from scripts.ops import archive
-from scripts.ops.paths import CONFIG, DEFAULT_MODEL, MODEL_STORE, RUN_DIR
+from scripts.ops.paths import CONFIG, DEFAULT_MODEL, MODEL_STORE, RUN_DIR, restore_beside
 from scripts.ops.processes import alive, children, runs
 from scripts.ops.properties import read_properties
 
@@ -40,6 +40,8 @@ _LOAD_FAILURES = (
     re.compile(r"Load model failed"),
     re.compile(r"Worker disconnected\. WORKER_STARTED"),
 )
+# The frontend could not even unpack an archive (a damaged zip): the model never gets a worker.
+_FRONTEND_FAILURE = re.compile(r"Failed to load model: (\S+)\s*\n(\S+(?:Exception|Error)\b.*)")
 _ERROR_LINE = re.compile(r"MODEL_LOG - ((?:[\w.]+)?(?:Error|Exception)\b.*)$")
 _DIED = "the worker died while loading the model (see the log)"
 # The frontend's log can show the worker's death before the model log holds the worker's error
@@ -218,6 +220,12 @@ class Instance:
     def load_error(self) -> str | None:
         """The error that keeps the worker from loading the model, once the logs show one."""
         text = self.log_text()
+        frontend = _FRONTEND_FAILURE.search(text)
+        if frontend:
+            mar, error = (group.strip() for group in frontend.groups())
+            if "zip" in error.lower():
+                return f"the archive {mar} is damaged: TorchServe cannot unpack it ({error})"
+            return f"TorchServe cannot load {mar}: {error}"
         if not any(pattern.search(text) for pattern in _LOAD_FAILURES):
             return None
         errors = [m.group(1).strip() for m in map(_ERROR_LINE.search, text.splitlines()) if m]
@@ -227,7 +235,24 @@ class Instance:
 _TORCHSERVE_MARKERS = ("org.pytorch.serve.ModelServer", "model_service_worker")
 
 
-def launch(instance: Instance, config: Path, model_store: Path, archives: str) -> None:
+def verify_archives(model_store: Path, archives: str) -> None:
+    """Check each archive of a ``--models`` value before TorchServe is started on it.
+
+    Raises:
+        ServeError: an archive is damaged (``archive.verify_archive``: its recorded sha256, a
+            member's CRC or its manifest), naming the file.
+    """
+    for entry in archives.split(","):
+        name = entry.partition("=")[2] or entry
+        try:
+            archive.verify_archive(Path(model_store) / name)
+        except archive.ArchiveDamaged as error:
+            raise ServeError(str(error)) from None
+
+
+def launch(
+    instance: Instance, config: Path, model_store: Path, archives: str, *, verify: bool = True
+) -> None:
     """Run ``torchserve --start`` for ``instance`` (returns once the JVM is launched, not ready).
 
     Args:
@@ -235,10 +260,14 @@ def launch(instance: Instance, config: Path, model_store: Path, archives: str) -
         config: the config.properties to use.
         model_store: the folder holding the archives.
         archives: the ``--models`` value, e.g. "enhancer=enhancer.mar".
+        verify: check the archives first (``verify_archives``); tests turn it off to show that
+            the worker refuses a damaged archive by itself.
 
     Raises:
-        ServeError: the launcher failed (the message holds its output).
+        ServeError: a damaged archive, or the launcher failed (the message holds its output).
     """
+    if verify:
+        verify_archives(model_store, archives)
     for folder in (instance.workdir, instance.tmpdir, instance.logdir):
         folder.mkdir(parents=True, exist_ok=True)
     torchserve = shutil.which("torchserve", path=str(Path(sys.executable).parent)) or "torchserve"
@@ -362,9 +391,18 @@ def start(
             '"Train, export, evaluate"); or serve your own: '
             "python -m scripts.serve start --model path/to/model.pt"
         )
+    restore = restore_beside(model)
+    if restore is not None:
+        log(f"serving the clean/restore pair: {model.name} and {restore.name} (the denoise option)")
+    built = MODEL_STORE / f"{MODEL_NAME}.mar"
+    if built.exists() and archive.sidecar(built).exists():
+        # a damaged archive is reported, not silently rebuilt: something corrupted it
+        verify_archives(MODEL_STORE, built.name)
     try:
-        stale = archive.is_stale(MODEL_STORE / f"{MODEL_NAME}.mar", model, name=MODEL_NAME)
-        mar = archive.build_archive(model, name=MODEL_NAME, export_path=MODEL_STORE)
+        stale = archive.is_stale(built, model, name=MODEL_NAME, restore=restore)
+        mar = archive.build_archive(
+            model, name=MODEL_NAME, export_path=MODEL_STORE, restore=restore
+        )
     except archive.ArchiveError as error:
         raise ServeError(str(error)) from None
     digest = archive.file_sha256(mar)

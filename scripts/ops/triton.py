@@ -29,7 +29,7 @@ from enhancer.contract import MODEL_NAME
 from enhancer.engine import Enhancer, configure_cpu_threads
 from enhancer.settings import EnhancerSettings
 from scripts.ops.paths import CONFIG as TORCHSERVE_CONFIG
-from scripts.ops.paths import MODEL_CONFIG
+from scripts.ops.paths import MODEL_CONFIG, restore_beside
 from scripts.ops.properties import read_properties
 
 logger = logging.getLogger(__name__)
@@ -153,7 +153,10 @@ def load_enhancer(model: Path, device: str, settings: EnhancerSettings) -> Enhan
         )
     if device == "cpu":
         logger.info("CPU inference with %d threads", configure_cpu_threads(settings))
-    return Enhancer.load(model, device=device, settings=settings)
+    restore = restore_beside(model)  # a restore.pt beside it: the clean/restore pair (denoise)
+    if restore is not None:
+        logger.info("serving the clean/restore pair: %s and %s", model.name, restore.name)
+    return Enhancer.load(model, device=device, settings=settings, restore_path=restore)
 
 
 def wait_model_ready(url: str, model_name: str, timeout: float) -> float:

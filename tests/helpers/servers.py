@@ -148,12 +148,18 @@ def start_torchserve(
 
 
 def launch_torchserve(
-    mar: Path, workdir: Path, *, properties: dict[str, str] | None = None, timeout: float = 120
+    mar: Path,
+    workdir: Path,
+    *,
+    properties: dict[str, str] | None = None,
+    timeout: float = 120,
+    verify: bool = True,
 ) -> TorchServe:
     """Start a TorchServe on an archive as it is (``start_torchserve`` without building it).
 
     For archives a test made itself, e.g. a tampered one. Arguments and errors as in
-    ``start_torchserve``; the archive must be named enhancer.mar.
+    ``start_torchserve``; the archive must be named enhancer.mar. ``verify=False`` skips the check
+    before the start (``serve.verify_archives``), to see what TorchServe and the worker do with it.
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -170,7 +176,9 @@ def launch_torchserve(
     )
     _started.append(ts)
     try:
-        serve.launch(instance, config, Path(mar).parent, f"{MODEL_NAME}={Path(mar).name}")
+        serve.launch(
+            instance, config, Path(mar).parent, f"{MODEL_NAME}={Path(mar).name}", verify=verify
+        )
         serve.wait_ready(instance, timeout)
     except BaseException:
         stop_torchserve(ts)

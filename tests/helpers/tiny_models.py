@@ -106,3 +106,11 @@ def tiny_restore(directory: Path, **card) -> Path:
     """A seeded TinyRestore saved with its card (scale 1)."""
     torch.manual_seed(card.pop("seed", 0))
     return save_model(directory, TinyRestore(depth=card.pop("depth", 3)), scale=1, **card)
+
+
+def slow_sr(directory: Path, *, depth: int = 8, width: int = 64, **card) -> Path:
+    """A TinySR made deliberately costly (``depth`` convolutions ``width`` channels wide: about
+    ``9 * depth * width**2`` multiply-adds per pixel), a stand-in for a real model's speed."""
+    torch.manual_seed(card.pop("seed", 0))
+    module = TinySR(depth=depth, width=width)
+    return save_model(directory, module, scale=2, **{"tile": 128, "overlap": 8, **card})
