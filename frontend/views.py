@@ -32,7 +32,11 @@ from enhancer.contract import (
     FORMAT_ALIASES,
     FORMATS,
     INPUT_MEDIA_TYPES,
+    LEVELS,
+    METADATA_DEFAULT,
+    METADATA_MODES,
     OPTION_NAMES,
+    SCALE_AUTO,
     error_body,
     is_allowed_image,
     sniff_format,
@@ -47,8 +51,14 @@ IMAGE_FIELD = "image"
 # Option values are numbers or format names; the handler checks their ranges. This keeps anything
 # else (header injection, long strings) from going on to TorchServe as a header.
 _OPTION_VALUE = re.compile(r"[A-Za-z0-9.+-]{1,16}")
-# The scales the page offers; the API takes any value from 1 to 8.
-SCALES = (1, 1.5, 2, 3, 4, 6, 8)
+# The scales the page offers; the API takes any value from 1 to 8, or "auto".
+SCALES = (SCALE_AUTO, 1, 1.5, 2, 3, 4, 6, 8)
+# How the page names the contract's metadata modes in its menu.
+METADATA_LABELS = {
+    "keep": "Keep all (location and camera serial included)",
+    "strip-location": "Remove location and camera serial",
+    "strip": "Remove all (colour profile kept)",
+}
 # How the page names the contract's formats in its menu.
 FORMAT_LABELS = {
     "auto": "Same as input",
@@ -172,6 +182,9 @@ def index():
         "index.html",
         page_config=page_config,
         scales=SCALES,
+        levels=LEVELS,
+        metadata=[(mode, METADATA_LABELS.get(mode, mode)) for mode in METADATA_MODES],
+        metadata_default=METADATA_DEFAULT,
         formats=[
             (name, FORMAT_LABELS.get(name, name.upper()))
             for name in FORMATS
@@ -246,6 +259,10 @@ def enhance():
             result.close()
 
     headers = {"Content-Type": result.content_type, "Content-Disposition": "inline"}
+    # what the service chose (X-Enhance-Scale-Used for scale=auto), if it is shaped as a value
+    for name, value in result.headers.items():
+        if _OPTION_VALUE.fullmatch(value):
+            headers[name] = value
     if result.content_length is not None:
         headers["Content-Length"] = str(result.content_length)
     return Response(stream(), headers=headers, direct_passthrough=True)

@@ -23,6 +23,12 @@ original. The scoring itself is ``scripts.model.evaluation``.
 A third, "heavy", is what a phone photo saved small looks like: bicubic downscale, then
 gaussian noise sigma U(10, 15)/255 and JPEG quality U(20, 30), seeded per image.
 
+``--levels 2 3`` and ``--enhance-first`` add rows for the model run with the ``level`` and
+``enhance_first`` options (``model L2``, ``model L1+first``, ...):
+
+    .venv/bin/python -m scripts.evaluate --model model_store/enhancer.pt \
+        --sets ../shared/data/eval/set5 --scales 2 --tracks heavy --levels 1 2 3 --enhance-first
+
 Every method is also checked for colour: the mean of each RGB channel of its output must stay within
 1/255 of the plain bicubic upscale's, on every image (a model must not tint). ``--sheets DIR``
 writes one contact sheet per image (bicubic | each method | original, and a 4x zoomed crop of the
@@ -74,6 +80,19 @@ def main() -> None:
     ap.add_argument(
         "--checkpoint", help="a scripts/train.py checkpoint, run directly on whole images"
     )
+    ap.add_argument(
+        "--levels",
+        nargs="+",
+        type=int,
+        default=[1],
+        choices=(1, 2, 3, 4),
+        help="run --model at these levels (the 'level' option; rows 'model L2', ...)",
+    )
+    ap.add_argument(
+        "--enhance-first",
+        action="store_true",
+        help="also run each level with the 'enhance_first' option (rows 'model L1+first', ...)",
+    )
     ap.add_argument("--sets", nargs="+", required=True, help="folders of HR images")
     ap.add_argument(
         "--scales", nargs="+", type=int, default=[2, 4], choices=(2, 3, 4), help="scales"
@@ -119,7 +138,13 @@ def main() -> None:
 
     methods, card = {}, None
     if args.model:
-        methods["model"], card = engine_upscaler(args.model, args.card, args.device)
+        for level in sorted(set(args.levels)):
+            for first in (False, True) if args.enhance_first else (False,):
+                name = "model" if level == 1 and not first else f"model L{level}"
+                name += "+first" if first else ""
+                methods[name], card = engine_upscaler(
+                    args.model, args.card, args.device, level=level, enhance_first=first
+                )
     for spec in args.peer:
         name, _, path = spec.partition("=")
         methods[name], _ = engine_upscaler(path, None, args.device)

@@ -6,14 +6,17 @@
     .venv/bin/python -m scripts.triton_client photo.jpg -o x.png --protocol grpc   # port 8001
 
 It sends the file's bytes as the ``image`` input and the options as the ``options`` input (a JSON
-object), and reads back ``image``, ``content_type``, ``width``, ``height``, ``status`` and
-``error``. Without ``--format``, the output file's extension (.png, .jpg, .webp) picks the format.
+object), and reads back ``image``, ``content_type``, ``width``, ``height``, ``status``, ``error``
+and ``headers`` (a JSON object: ``X-Enhance-Scale-Used``, the scale ``--scale auto`` chose, as
+TorchServe's response header). Without ``--format``, the output file's extension (.png, .jpg,
+.webp) picks the format.
 The service answers a refused image with ``status`` 400/413/415/500/507 and TorchServe's JSON body
 in ``error`` (scripts.triton_serve says why errors are outputs); this client prints that error
 and exits 1, as it does when Triton cannot be reached or refuses the request itself.
 
 ``--check`` does what Triton's example clients do: it checks the answer (status 200, the declared
-size equals the decoded image's, and both equal round(scale x input size) after EXIF orientation)
+size equals the decoded image's, and both equal round(scale x input size) after EXIF orientation,
+with the scale the answer says it used)
 and prints ``PASS: enhancer ...`` or ``FAIL: enhancer ...``.
 """
 

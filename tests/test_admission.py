@@ -183,3 +183,22 @@ def test_time_budget_share_zero_turns_admission_off(model_dir):
     assert handler.enhancer.budget is None
     with pytest.raises(ValueError, match="time_budget_share"):
         EnhancerSettings.from_mapping({"time_budget_share": 2.0})
+
+
+def test_restoring_passes_are_counted_and_auto_scale_stays_in_the_budget(engine, sr_model, photo):
+    from enhancer.card import ModelCard
+
+    card = ModelCard.load(sr_model.with_suffix(".json"))
+    plain = work(60, 40, 2, card, 32)
+    more = work(60, 40, 2, card, 32, level=2, enhance_first=True)
+    # enhance_first runs the model at 60x40 once more, level 2 at 120x80 once more
+    assert more[0] == plain[0] + work(60, 40, 1, card, 32)[0] + work(120, 80, 1, card, 32)[0]
+    assert more[1] == plain[1] + 60 * 40 + 120 * 80
+
+    engine.admit_within(0.2, Throughput(1e-6, 0.0, "torchscript", "cpu"))
+    data = to_bytes(photo(300, 200))
+    with pytest.raises(TooMuchWork):
+        engine.prepare(data, {"scale": "2", "level": "4"})  # admitted at level 1 (test above)
+    # auto wants 6x for a 200 px short side; the budget admits 2x (test above): auto says 2
+    job = engine.prepare(data, {"scale": "auto"})
+    assert job.options.scale == 2.0 and job.estimate <= 0.2

@@ -269,6 +269,16 @@ def test_drop_a_photo_compare_zoom_and_download(site, browser, photo, tmp_path):
         assert result.format == "PNG"
         assert result.size == (600, 400)
 
+    # The download menu's side-by-side image: plain resize | result, each 600 x 400, labelled
+    with browser.expect_download() as download_info:
+        item.locator("button.download-compare").click()
+    download = download_info.value
+    assert download.suggested_filename == "holiday_photo-x2-compare.png"
+    saved = tmp_path / download.suggested_filename
+    download.save_as(saved)
+    with Image.open(saved) as both:
+        assert both.size == (2 * 600 + 6, 400 + 24)
+
 
 def noisy_photo(width: int, height: int, seed: int, amplitude: int) -> Image.Image:
     """Gradients plus strong per-pixel noise: a photo that does not compress away."""

@@ -279,6 +279,14 @@ def test_measure_speed(tmp_path):
     assert speed["tile"] == 32 and speed["overlap"] == 4
 
 
+def test_engine_upscaler_runs_level_and_enhance_first(sr_model):
+    lr = Image.fromarray(gradient_image(20, 14))
+    plain, _ = evaluate.engine_upscaler(str(sr_model), None, "cpu")
+    more, _ = evaluate.engine_upscaler(str(sr_model), None, "cpu", level=2, enhance_first=True)
+    assert plain(lr, 2).shape == more(lr, 2).shape == (40, 28, 3)
+    assert not np.array_equal(plain(lr, 2), more(lr, 2))
+
+
 def test_family_levels_score_the_pair_as_served(tmp_path, hr_folder):
     """--restore: a row per denoise level; 0 and 1 are exactly the clean and restore models."""
     from tests.helpers.tiny_models import tiny_sr

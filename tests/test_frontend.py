@@ -181,8 +181,8 @@ class StubTorchServe:
                 )
             with self._lock:
                 self.predictions.append((dict(handler.headers), body))
-            status, content_type, data, *length = self.answer(body, handler.headers)
-            return _send(handler, status, content_type, data, *length)
+            status, content_type, data, *extra = self.answer(body, handler.headers)
+            return _send(handler, status, content_type, data, *extra)
         if api == "management" and url.path == "/models/enhancer":
             if not self._authorized(handler, "management"):
                 return _send(handler, 400, "application/json", json.dumps(INVALID_KEY).encode())
@@ -218,11 +218,19 @@ class _QuietServer(ThreadingHTTPServer):
 
 
 def _send(
-    handler: BaseHTTPRequestHandler, status: int, content_type: str, data: bytes, length=None
+    handler: BaseHTTPRequestHandler,
+    status: int,
+    content_type: str,
+    data: bytes,
+    length=None,
+    headers: dict | None = None,
 ) -> None:
-    """Answer; ``length`` declares another Content-Length than the data has (a cut-off answer)."""
+    """Answer; ``length`` declares another Content-Length than the data has (a cut-off answer);
+    ``headers``: more response headers."""
     handler.send_response(status)
     handler.send_header("Content-Type", content_type)
+    for name, value in (headers or {}).items():
+        handler.send_header(name, value)
     handler.send_header("Content-Length", str(len(data) if length is None else length))
     handler.end_headers()
     handler.wfile.write(data)
@@ -519,6 +527,41 @@ def test_enhance_passes_the_options_on(client, stub):
     [(headers, _)] = stub.predictions
     assert (headers["X-Enhance-Scale"], headers["X-Enhance-Format"]) == ("3", "webp")
     assert (headers["X-Enhance-Quality"], headers["X-Enhance-Strength"]) == ("80", "0.5")
+
+
+def test_page_offers_auto_scale_level_enhance_first_metadata_and_compare(client):
+    from enhancer import contract
+
+    html = client.get("/").get_data(as_text=True)
+    assert '<option value="auto">Auto' in html
+    assert re.search(r'<select name="level"', html)
+    for level in contract.LEVELS:
+        assert f'<option value="{level}">' in html
+    assert re.search(r'<input type="checkbox" name="enhance_first"[^>]*value="true"', html)
+    for mode in contract.METADATA_MODES:
+        assert f'value="{mode}"' in html
+    assert re.search(r'<option value="strip-location" selected>', html)  # the API's default
+    assert 'class="download-compare"' in html  # the download menu's side-by-side entry
+    script = client.get("/static/app.js")
+    assert "form.append('compare', 'true')" in script.get_data(as_text=True)
+    script.close()
+
+
+def test_new_options_go_on_and_the_scale_used_comes_back(client, stub):
+    def answer(body, headers):
+        status, content_type, data = enhance_like_handler(body, {"X-Enhance-Scale": "4"})
+        return status, content_type, data, None, {"X-Enhance-Scale-Used": "4"}
+
+    stub.answer = answer
+    fields = {"level": "3", "enhance_first": "true", "compare": "true", "metadata": "strip"}
+    response = upload(client, image_bytes(20, 10), scale="auto", **fields)
+    assert response.status_code == 200
+    assert response.headers["X-Enhance-Scale-Used"] == "4"
+    assert Image.open(io.BytesIO(response.get_data())).size == (80, 40)
+    [(headers, _)] = stub.predictions
+    assert headers["X-Enhance-Scale"] == "auto"
+    assert (headers["X-Enhance-Level"], headers["X-Enhance-Enhance-First"]) == ("3", "true")
+    assert (headers["X-Enhance-Compare"], headers["X-Enhance-Metadata"]) == ("true", "strip")
 
 
 def test_empty_options_are_left_to_the_service(client, stub):

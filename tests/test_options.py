@@ -299,3 +299,89 @@ def test_other_headers_and_per_field_content_types_are_ignored():
     }
     _, options = split_request({"data": IMAGE, "scale": "2"}, headers)
     assert options == {"scale": "2"}
+
+
+# -- scale=auto, level, enhance_first, compare, metadata ---------------------------------------
+
+
+@pytest.mark.parametrize("raw", ["auto", "AUTO", " Auto "])
+def test_scale_auto(raw):
+    options = parse({"scale": raw})
+    assert options.scale_auto is True
+
+
+def test_new_options_defaults():
+    options = parse({})
+    assert (options.scale_auto, options.level, options.enhance_first, options.compare) == (
+        False,
+        1,
+        False,
+        False,
+    )
+    assert options.metadata == "strip-location"
+
+
+@pytest.mark.parametrize("raw,expected", [("1", 1), ("2", 2), (" 4 ", 4)])
+def test_level_values(raw, expected):
+    assert parse({"level": raw}).level == expected
+
+
+@pytest.mark.parametrize("raw", ["0", "5", "-1", "1.5", "max", ""])
+def test_bad_level_is_400_naming_level_and_its_range(raw):
+    with pytest.raises(OptionError) as caught:
+        parse({"level": raw})
+    assert caught.value.option == "level"
+    assert "'level'" in caught.value.message
+
+
+@pytest.mark.parametrize("name", ["enhance_first", "compare"])
+@pytest.mark.parametrize(
+    "raw,expected",
+    [("true", True), ("True", True), ("1", True), ("yes", True), ("on", True)]
+    + [("false", False), ("0", False), ("no", False), ("OFF", False)],
+)
+def test_yes_no_values(name, raw, expected):
+    assert getattr(parse({name: raw}), name) is expected
+
+
+@pytest.mark.parametrize("name", ["enhance_first", "compare"])
+@pytest.mark.parametrize("raw", ["2", "maybe", "", "y"])
+def test_bad_yes_no_is_400_naming_the_option_and_its_values(name, raw):
+    with pytest.raises(OptionError) as caught:
+        parse({name: raw})
+    assert caught.value.option == name
+    assert "true" in caught.value.message and "false" in caught.value.message
+
+
+@pytest.mark.parametrize("raw", ["keep", "strip-location", "STRIP", "strip"])
+def test_metadata_values(raw):
+    assert parse({"metadata": raw}).metadata == raw.lower()
+
+
+@pytest.mark.parametrize("raw", ["none", "strip_location", "gps", ""])
+def test_bad_metadata_is_400_naming_metadata_and_its_values(raw):
+    with pytest.raises(OptionError) as caught:
+        parse({"metadata": raw})
+    assert caught.value.option == "metadata"
+    for mode in ("keep", "strip-location", "strip"):
+        assert mode in caught.value.message
+
+
+def test_bad_scale_message_offers_auto():
+    with pytest.raises(OptionError, match="or auto"):
+        parse({"scale": "big"})
+    with pytest.raises(OptionError, match="or auto"):
+        parse({"scale": "9"})
+
+
+def test_underscored_options_travel_as_hyphenated_headers():
+    from enhancer.contract import option_header
+
+    assert option_header("enhance_first") == "X-Enhance-Enhance-First"
+    headers = {
+        "X-Enhance-Enhance-First": "true",
+        "x-enhance-metadata": "strip",
+        "X-Enhance-Level": "2",
+    }
+    _, options = split_request({"body": IMAGE}, headers)
+    assert options == {"enhance_first": "true", "metadata": "strip", "level": "2"}

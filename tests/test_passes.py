@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from enhancer.passes import output_size, pass_count, plan_passes
+from enhancer.passes import Pass, auto_scale, output_size, pass_count, plan_passes
 
 
 @pytest.mark.parametrize(
@@ -76,3 +76,100 @@ def test_each_pass_runs_the_model(sr_model, monkeypatch):
         enhancer.upscale(torch.rand(3, 6, 6), scale)
         # tiny images fit one dynamic window per pass, growing 2x per pass (6 + 2*4 = 14 first)
         assert len(sizes) == expected_passes, (scale, sizes)
+
+
+# -- level and enhance_first: restoring passes at the input and output sizes ----------------------
+
+
+def test_level_adds_restoring_passes_at_the_output_size():
+    assert plan_passes(10, 10, 4, level=3) == [
+        Pass((10, 10), (20, 20)),
+        Pass((20, 20), (40, 40)),
+        Pass((40, 40), (40, 40)),
+        Pass((40, 40), (40, 40)),
+    ]
+    assert plan_passes(10, 10, 1, level=4) == [Pass((10, 10), (10, 10))] * 4
+    assert plan_passes(7, 5, 2.5, level=1) == plan_passes(7, 5, 2.5)
+
+
+def test_enhance_first_restores_at_the_input_size_before_enlarging():
+    assert plan_passes(10, 8, 3, enhance_first=True) == [
+        Pass((10, 8), (10, 8)),
+        Pass((10, 8), (20, 16)),
+        Pass((20, 16), (30, 24)),
+    ]
+    # at scale 1 the one pass already restores at the input size: nothing is added
+    assert plan_passes(10, 8, 1, enhance_first=True) == [Pass((10, 8), (10, 8))]
+    assert plan_passes(10, 8, 2, level=2, enhance_first=True) == [
+        Pass((10, 8), (10, 8)),
+        Pass((10, 8), (20, 16)),
+        Pass((20, 16), (20, 16)),
+    ]
+
+
+@pytest.mark.parametrize("level", [0, -1])
+def test_bad_level_raises(level):
+    with pytest.raises(ValueError):
+        plan_passes(10, 10, 2, level=level)
+
+
+@pytest.mark.parametrize("model", ["sr_model", "restore_model"])
+def test_engine_runs_one_model_pass_per_planned_pass(model, request, monkeypatch):
+    from enhancer.engine import Enhancer
+
+    enhancer = Enhancer.load(request.getfixturevalue(model))
+    calls = []
+    original = enhancer.runner.__class__.__call__
+
+    def spy(self, batch, **kwargs):
+        calls.append(tuple(batch.shape[-2:]))
+        return original(self, batch, **kwargs)
+
+    monkeypatch.setattr(enhancer.runner.__class__, "__call__", spy)
+    for scale, level, first, passes in [(2, 1, False, 1), (2, 3, False, 3), (4, 2, True, 4)]:
+        calls.clear()
+        out = enhancer.upscale(torch.rand(3, 6, 6), scale, level=level, enhance_first=first)
+        assert out.shape == (3, 6 * scale, 6 * scale)
+        assert len(calls) == passes, (scale, level, first, calls)
+    plain = enhancer.upscale(torch.rand(3, 6, 6, generator=torch.Generator().manual_seed(0)), 2)
+    again = enhancer.upscale(
+        torch.rand(3, 6, 6, generator=torch.Generator().manual_seed(0)), 2, level=2
+    )
+    assert not torch.equal(plain, again)  # the second pass changed the picture
+
+
+# -- scale=auto -----------------------------------------------------------------------------------
+
+CAPS = {"max_scale": 8, "max_output_pixels": 8192 * 8192}
+
+
+@pytest.mark.parametrize(
+    "size,scale",
+    [
+        ((1080, 1080), 1),  # the short side is already there
+        ((4000, 3000), 1),
+        ((1079, 4000), 2),  # one pixel short: 2x
+        ((1920, 1079), 2),
+        ((540, 700), 2),  # 2x lands exactly on 1080
+        ((539, 700), 3),  # 2x would give 1078: 3x
+        ((360, 360), 3),
+        ((359, 359), 4),
+        ((270, 300), 4),
+        ((135, 135), 8),  # 8x lands exactly on 1080
+        ((134, 134), 8),  # short of 1080 even at the largest scale
+        ((1, 1), 8),
+    ],
+)
+def test_auto_scale_brings_the_short_side_to_1080(size, scale):
+    assert auto_scale(*size, **CAPS) == scale
+
+
+def test_auto_scale_never_passes_the_output_caps():
+    # 400 x 8000 wants 3x (1200 px short side): 1200 x 24000 = 28.8 MP
+    assert auto_scale(400, 8000, **CAPS) == 3
+    assert auto_scale(400, 8000, max_scale=8, max_output_pixels=28_800_000) == 3
+    assert auto_scale(400, 8000, max_scale=8, max_output_pixels=28_799_999) == 2
+    assert auto_scale(400, 8000, max_scale=8, max_output_pixels=12_799_999) == 1
+    assert auto_scale(100, 100, max_scale=4, max_output_pixels=10**9) == 4
+    # a side limit (WebP: 16,383 px) counts too: 100 x 4000 wants 8x (32,000 px long)
+    assert auto_scale(100, 4000, **CAPS, max_side=16_383) == 4

@@ -208,6 +208,30 @@ def test_option_headers(torchserve):
     assert response.headers["Content-Type"] == "image/webp"
 
 
+def test_auto_scale_level_compare_and_metadata_through_torchserve(torchserve):
+    """The new options as a hyphenated header and as fields; the chosen scale comes back."""
+    exif = Image.Exif()
+    exif.get_ifd(0x8825)[2] = (52.0, 31.0, 12.5)  # a GPS position
+    exif[0x010F] = "TestCam"
+    data = photo_bytes(40, 30, "JPEG", exif=exif.tobytes())
+    response = post_raw(
+        torchserve,
+        data,
+        headers={"X-Enhance-Enhance-First": "true", "X-Enhance-Scale": "auto"},
+        level=2,
+    )
+    image = decoded(response)
+    assert response.headers["X-Enhance-Scale-Used"] == "8"  # 30 px short side: 8x is 240
+    assert image.size == (320, 240)
+    assert image.getexif()[0x010F] == "TestCam" and not image.getexif().get_ifd(0x8825)
+    both = post_form(torchserve, data, scale=2, compare="true", metadata="strip")
+    image = decoded(both)
+    assert image.size == (2 * 80 + 3, 60 + 14) and not image.getexif()
+    assert both.headers["X-Enhance-Scale-Used"] == "2"
+    bad = post_form(torchserve, data, level=5)
+    assert bad.status_code == 400 and "'level'" in bad.json()["message"]
+
+
 def test_quality_changes_lossy_output(torchserve):
     low = post_form(torchserve, photo_bytes(64, 48), format="jpeg", quality=10)
     high = post_form(torchserve, photo_bytes(64, 48), format="jpeg", quality=95)

@@ -79,6 +79,7 @@ def row(outputs: dict, i: int = 0) -> dict:
         "height": int(outputs["height"][i, 0]),
         "status": int(outputs["status"][i, 0]),
         "error": json.loads(error) if error else None,
+        "headers": json.loads(bytes(outputs["headers"][i, 0])),
     }
 
 
@@ -107,6 +108,8 @@ def assert_declared_shapes(outputs: dict, rows: int) -> None:
         {"scale": 3, "format": "jpeg", "quality": 80},
         {"scale": "1"},
         {"scale": 2.5, "strength": "0.5", "format": "png"},
+        {"scale": "auto", "level": 2, "enhance_first": "true", "metadata": "strip"},
+        {"scale": "1.5", "compare": "true", "metadata": "keep"},
     ],
 )
 def test_output_is_the_engines_own_bytes(infer, engine, options):
@@ -119,6 +122,7 @@ def test_output_is_the_engines_own_bytes(infer, engine, options):
     assert got["image"] == expected.data
     assert got["content_type"] == expected.content_type
     assert (got["width"], got["height"]) == (expected.width, expected.height)
+    assert got["headers"] == expected.headers  # X-Enhance-Scale-Used, as TorchServe sends it
     with Image.open(io.BytesIO(got["image"])) as image:
         assert image.size == (expected.width, expected.height)
 
@@ -139,6 +143,7 @@ def test_rows_and_requests_of_a_batch_each_get_their_own_answer(infer):
     bad = row(first, 1)
     assert bad["status"] == 400 and bad["image"] == b"" and bad["content_type"] == ""
     assert (bad["width"], bad["height"]) == (0, 0)
+    assert bad["headers"] == {}
     assert bad["error"]["code"] == 400 and bad["error"]["type"] == "BadRequest"
     assert "not a readable image" in bad["error"]["message"]
     scale = row(second)

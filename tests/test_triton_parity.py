@@ -189,6 +189,7 @@ class Answer:
     data: bytes
     content_type: str
     error_type: str | None
+    scale_used: str | None = None
 
 
 def via_torchserve(ts, data: bytes, options: dict) -> Answer:
@@ -204,7 +205,8 @@ def via_torchserve(ts, data: bytes, options: dict) -> Answer:
     error_type = None
     if response.status_code != 200:
         error_type = response.json().get("type")
-    return Answer(response.status_code, response.content, content_type, error_type)
+    scale_used = response.headers.get("X-Enhance-Scale-Used")
+    return Answer(response.status_code, response.content, content_type, error_type, scale_used)
 
 
 def via_triton(server: TritonProcess, data: bytes, options: dict) -> Answer:
@@ -215,7 +217,8 @@ def via_triton(server: TritonProcess, data: bytes, options: dict) -> Answer:
     finally:
         client.close()
     error_type = reply.error["type"] if reply.error else None
-    return Answer(reply.status, reply.data, reply.content_type, error_type)
+    scale_used = reply.headers.get("X-Enhance-Scale-Used")
+    return Answer(reply.status, reply.data, reply.content_type, error_type, scale_used)
 
 
 def pixels(data: bytes) -> tuple[str, tuple[int, int], np.ndarray]:
@@ -292,6 +295,20 @@ def test_png_outputs_have_the_same_pixels(torchserve, triton, name):
             continue  # one image is enough for strength; keeps the test short
         ts, tr = via_torchserve(torchserve, data, options), via_triton(triton, data, options)
         assert_same_image(ts, tr, label(name, options))
+
+
+def test_auto_scale_level_and_compare_agree(torchserve, triton):
+    data = IMAGES["rgb-png-40x30"]()
+    for options in (
+        {"scale": "auto", "format": "png"},
+        {"level": "2", "enhance_first": "true", "format": "png"},
+        {"scale": "1.5", "compare": "true", "metadata": "strip", "format": "png"},
+    ):
+        ts, tr = via_torchserve(torchserve, data, options), via_triton(triton, data, options)
+        assert_same_image(ts, tr, label("rgb-png-40x30", options))
+        asked = options.get("scale", "2")
+        expected = "8" if asked == "auto" else asked  # auto: a 30 px short side gets 8x
+        assert ts.scale_used == tr.scale_used == expected
 
 
 @pytest.mark.parametrize(

@@ -102,8 +102,11 @@
 
   function currentOptions() {
     const data = new FormData(optionsForm);
-    const options = { scale: data.get('scale'), format: data.get('format') };
+    const options = {
+      scale: data.get('scale'), format: data.get('format'), level: data.get('level'), metadata: data.get('metadata'),
+    };
     if (options.format !== 'png') options.quality = data.get('quality');
+    if (data.get('enhance_first')) options.enhance_first = 'true';
     if (!denoise.disabled) options.denoise = String(config.denoiseLevels[Number(denoise.value)]);
     return options;
   }
@@ -152,7 +155,8 @@
         name: part('.name'), sizes: part('.sizes'), statusText: part('.status-text'), progress: part('.progress'),
         error: part('.error'), result: part('.result'), viewport: part('.viewport'), stage: part('.stage'),
         before: part('.before'), after: part('.after'), split: part('.split'), zoom: part('.zoom'),
-        download: part('.download'), remove: part('.remove'), retry: part('.retry'),
+        download: part('.download'), compare: part('.download-compare'), remove: part('.remove'),
+        retry: part('.retry'),
       },
     };
     // Names are shown as text, never as markup: a file may be called "<img src=x onerror=...>.png".
@@ -172,6 +176,7 @@
     }, () => {});
 
     item.parts.remove.addEventListener('click', () => removeItem(item));
+    item.parts.compare.addEventListener('click', () => downloadCompare(item));
     item.parts.retry.addEventListener('click', () => {
       item.options = currentOptions();
       // After "too much work", the retry asks for the largest scale the service said fits.
@@ -233,7 +238,8 @@
     let text = `${input}${formatBytes(item.file.size)}`;
     if (item.result) {
       const kind = (EXTENSIONS[item.result.type] || '').toUpperCase();
-      text += ` → ${item.result.width}×${item.result.height} px, ${formatBytes(item.result.blob.size)} ${kind}`;
+      const auto = item.options.scale === 'auto' ? ` (auto: ${item.scaleUsed}×)` : '';
+      text += ` → ${item.result.width}×${item.result.height} px${auto}, ${formatBytes(item.result.blob.size)} ${kind}`;
     }
     item.parts.sizes.textContent = text;
   }
@@ -308,6 +314,8 @@
   async function received(item, xhr) {
     if (item.state === 'removed') return;
     if (xhr.status === 200) {
+      // scale=auto: the service says which scale it chose
+      item.scaleUsed = xhr.getResponseHeader('X-Enhance-Scale-Used') || item.options.scale;
       await showResult(item, xhr.response, (xhr.getResponseHeader('Content-Type') || '').split(';')[0]);
       return;
     }
@@ -400,7 +408,48 @@
   function resultName(item) {
     const stem = (item.file.name || 'pasted').replace(/\.[^.]*$/, '').replace(/[^\w.-]+/g, '_').slice(0, 80) || 'image';
     const ext = EXTENSIONS[item.result.type] || 'png';
-    return `${stem}-x${item.options.scale}.${ext}`;
+    return `${stem}-x${item.scaleUsed || item.options.scale}.${ext}`;
+  }
+
+  // The side-by-side image (compare=true: the plain resize and the result, labelled), asked for
+  // only when wanted: one more request with the same options.
+  async function downloadCompare(item) {
+    const button = item.parts.compare;
+    const form = new FormData();
+    form.append('image', item.file, 'upload');
+    for (const [name, value] of Object.entries({ ...item.options, scale: item.scaleUsed || item.options.scale })) {
+      form.append(name, value);
+    }
+    form.append('compare', 'true');
+    button.disabled = true;
+    button.textContent = 'Making side by side…';
+    try {
+      const response = await fetch(config.enhanceUrl, { method: 'POST', body: form });
+      if (!response.ok) {
+        let message = `The server answered ${response.status}.`;
+        try {
+          message = (await response.json()).message || message;
+        } catch (error) {
+          // not JSON: keep the status
+        }
+        throw new Error(message);
+      }
+      const blob = await response.blob();
+      const link = document.createElement('a');
+      link.href = URL.createObjectURL(blob);
+      link.download = resultName(item).replace(/(\.[^.]*)$/, '-compare$1');
+      document.body.append(link);
+      link.click();
+      link.remove();
+      setTimeout(() => URL.revokeObjectURL(link.href), 60000);
+      button.textContent = 'Download side by side';
+    } catch (error) {
+      button.textContent = 'Side by side failed: try again';
+      item.parts.error.textContent = `Side by side: ${error.message}`;
+      item.parts.error.hidden = false;
+    } finally {
+      button.disabled = false;
+    }
   }
 
   // -- download all, clear ------------------------------------------------------------------------

@@ -63,12 +63,22 @@ class Throughput:
         )
 
 
-def work(width: int, height: int, scale: float, card: ModelCard, tile: int) -> tuple[int, int]:
+def work(
+    width: int,
+    height: int,
+    scale: float,
+    card: ModelCard,
+    tile: int,
+    *,
+    level: int = 1,
+    enhance_first: bool = False,
+) -> tuple[int, int]:
     """(model pixels, output pixels) of enhancing a ``width`` x ``height`` image ``scale`` times
-    with tiles of ``tile`` input pixels (see the module docstring)."""
+    with tiles of ``tile`` input pixels, with the restoring passes of ``level`` and
+    ``enhance_first`` (see the module docstring)."""
     model_pixels = 0
     output_pixels = 0
-    plan = plan_passes(width, height, scale)
+    plan = plan_passes(width, height, scale, level=level, enhance_first=enhance_first)
     for step in plan:
         w, h = step.dst if card.scale == 1 else step.src
         th, tw = tile_shape((h, w), tile, card.overlap, card.multiple, card.dynamic)

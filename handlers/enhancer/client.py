@@ -42,13 +42,13 @@ import os
 import threading
 import time
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
 from urllib3.exceptions import NewConnectionError
 
-from enhancer.contract import CONTENT_TYPES, MODEL_NAME, option_header
+from enhancer.contract import CONTENT_TYPES, MODEL_NAME, OPTION_HEADER_PREFIX, option_header
 
 logger = logging.getLogger(__name__)
 
@@ -101,12 +101,15 @@ class Result:
         content_type: the image's type ("image/png", "image/jpeg" or "image/webp").
         content_length: bytes in the body, when TorchServe said.
         chunks: the body, in pieces.
+        headers: the service's own response headers (the contract's prefix, as TorchServe sent
+            them): ``X-Enhance-Scale-Used``, ``X-Enhance-Denoise``.
     """
 
     content_type: str
     content_length: int | None
     chunks: Iterator[bytes]
     _response: requests.Response
+    headers: dict[str, str] = field(default_factory=dict)
 
     def close(self) -> None:
         """Release the connection to TorchServe (call when the body was sent or abandoned)."""
@@ -312,6 +315,11 @@ class TorchServeClient:
             content_length=int(length) if length and length.isdigit() else None,
             chunks=response.iter_content(_CHUNK),
             _response=response,
+            headers={
+                name: value
+                for name, value in response.headers.items()
+                if name.lower().startswith(OPTION_HEADER_PREFIX.lower())
+            },
         )
 
     def health(self) -> tuple[bool, dict[str, str]]:

@@ -13,8 +13,33 @@ MODEL_NAME = "enhancer"
 
 # Options of a request: multipart form fields, or, for a raw body, headers with this prefix
 # (``X-Enhance-Scale: 4``; any case). The prefix is fixed: it is part of the API.
-OPTION_NAMES = ("scale", "format", "quality", "tile", "strength", "denoise")
+OPTION_NAMES = (
+    "scale",
+    "format",
+    "quality",
+    "tile",
+    "strength",
+    "denoise",
+    "level",
+    "enhance_first",
+    "compare",
+    "metadata",
+)
 OPTION_HEADER_PREFIX = "X-Enhance-"
+# ``scale=auto``: the engine picks a whole factor that brings the short side to AUTO_SHORT_SIDE
+# (options.auto_scale), and says which in this response header (Triton: the ``headers`` output).
+SCALE_AUTO = "auto"
+SCALE_USED_HEADER = "X-Enhance-Scale-Used"
+AUTO_SHORT_SIDE = 1080
+# ``level``: how many restoring passes the image gets at its final size (1: none beyond the
+# enlarging passes); LEVELS are the values accepted.
+LEVELS = (1, 2, 3, 4)
+# Yes/no options (``enhance_first``, ``compare``): the accepted spellings of each answer.
+TRUE_WORDS = ("true", "1", "yes", "on")
+FALSE_WORDS = ("false", "0", "no", "off")
+# ``metadata``: what of the input's EXIF and XMP the output keeps (imaging/metadata.py).
+METADATA_MODES = ("keep", "strip-location", "strip")
+METADATA_DEFAULT = "strip-location"
 # A served clean/restore family: the restore model's file inside the archive (restore.json beside).
 RESTORE_FILE = "restore.pt"
 # The ``denoise`` levels a family serves (blends computed at load; a request's value snaps to the
@@ -140,8 +165,15 @@ def is_allowed_image(data: bytes) -> bool:
 
 
 def option_header(name: str) -> str:
-    """The request header that carries option ``name`` for a raw body: "X-Enhance-Scale"."""
-    return f"{OPTION_HEADER_PREFIX}{name.capitalize()}"
+    """The request header that carries option ``name`` for a raw body: "X-Enhance-Scale",
+    "X-Enhance-Enhance-First" (a hyphen for the underscore: proxies drop headers with one)."""
+    return OPTION_HEADER_PREFIX + "-".join(part.capitalize() for part in name.split("_"))
+
+
+def header_option(suffix: str) -> str:
+    """The option named by an option header's suffix (after the prefix): "Enhance-First" ->
+    "enhance_first"; the inverse of ``option_header``, in any case."""
+    return suffix.lower().replace("-", "_")
 
 
 def error_body(status: int, kind: str, message: str, **extra: object) -> dict[str, object]:

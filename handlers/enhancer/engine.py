@@ -27,6 +27,8 @@ from PIL import Image
 
 from enhancer.admission import Throughput, largest_scale, work
 from enhancer.card import ModelCard
+from enhancer.compare import compare_size, side_by_side
+from enhancer.contract import SCALE_USED_HEADER
 from enhancer.errors import (
     Busy,
     EnhanceError,
@@ -39,6 +41,7 @@ from enhancer.errors import (
 from enhancer.family import DENOISE_LEVELS, blend, check_family, snap
 from enhancer.imaging import (
     CONTENT_TYPES,
+    FORMAT_MAX_SIDE,
     Picture,
     check_output_format,
     encode_picture,
@@ -48,8 +51,9 @@ from enhancer.imaging import (
     resize,
     resolve_format,
 )
+from enhancer.imaging.metadata import apply_metadata_option
 from enhancer.options import Options, parse_options, smallest_tile
-from enhancer.passes import Pass, output_size, plan_passes
+from enhancer.passes import Pass, auto_scale, output_size, plan_passes
 from enhancer.runner import ModelRunner, TileOutOfMemory, is_out_of_memory, out_of_memory_error
 from enhancer.settings import EnhancerSettings
 from enhancer.tiling import tiled_apply
@@ -220,15 +224,46 @@ class Enhancer:
         options = parse_options(raw_options or {}, self.card, self.settings)
         denoise = self._denoise_level(options)
         image, fmt = open_image(data, self.settings.max_input_pixels)
+        if options.scale_auto:
+            options = dataclasses.replace(
+                options, scale=float(self._auto_scale(image, fmt, options))
+            )
         self._check_output_pixels(image.size, options.scale)
         estimate = self._check_cost(image.size, options)
         picture = load_picture(image, data, fmt)
         width, height = picture.size
-        target = output_size(width, height, options.scale)
         out_format = resolve_format(options.format, picture)
+        target = output_size(width, height, options.scale)
         check_output_format(out_format, target)
-        plan = plan_passes(width, height, options.scale)
+        self._check_restoring_passes(target, options)
+        if options.compare:
+            self._check_compare(target, out_format)
+        plan = plan_passes(
+            width, height, options.scale, level=options.level, enhance_first=options.enhance_first
+        )
         return Job(options, picture, out_format, target, plan, denoise, estimate)
+
+    def _auto_scale(self, image: Image.Image, fmt: str, options: Options) -> int:
+        """``scale=auto`` for an image not yet decoded (passes.auto_scale; orientation does not
+        change a whole factor's choice), also within the time budget when one is set."""
+        output = options.format
+        if output == "auto":  # the longest side of what resolve_format can answer
+            output = {"JPEG": "jpeg", "WEBP": "webp"}.get(fmt, "png")
+        width, height = image.size
+        scale = auto_scale(
+            width,
+            height,
+            max_scale=self.settings.max_scale,
+            max_output_pixels=self.settings.max_output_pixels,
+            max_side=FORMAT_MAX_SIDE[output],
+        )
+        if self.budget is None or self.throughput is None:
+            return scale
+        tile = options.tile or self.tile
+        level, first = options.level, options.enhance_first
+        while scale > 1 and self.estimate(width, height, scale, tile, level, first) > self.budget:
+            scale -= 1
+        return scale
 
     def _denoise_level(self, options: Options) -> float | None:
         """The precomputed level a request runs at, or None for an engine of one model."""
@@ -242,6 +277,28 @@ class Enhancer:
         if options.denoise is None:
             return self.default_denoise
         return snap(options.denoise, tuple(self.levels))
+
+    def _check_restoring_passes(self, target: tuple[int, int], options: Options) -> None:
+        """A restoring pass at the output size (``level`` above 1) makes the model's own output,
+        ``card.scale`` times larger per side, before resizing it back: that must fit the cap."""
+        made = target[0] * target[1] * self.card.scale**2
+        if options.level > 1 and made > self.settings.max_output_pixels:
+            largest = self.settings.max_output_pixels // self.card.scale**2
+            raise PayloadTooLarge(
+                f"level {options.level} restores the {target[0]}x{target[1]} output at "
+                f"{self.card.scale}x inside ({made:,} pixels); the limit is "
+                f"{self.settings.max_output_pixels:,}: use level 1, or a smaller scale "
+                f"(outputs up to {largest:,} pixels)"
+            )
+
+    def _check_compare(self, target: tuple[int, int], fmt: str) -> None:
+        width, height = compare_size(*target)
+        if width * height > self.settings.max_output_pixels:
+            raise PayloadTooLarge(
+                f"compare image too large: {width}x{height} = {width * height:,} pixels; "
+                f"the limit is {self.settings.max_output_pixels:,} pixels: use a smaller scale"
+            )
+        check_output_format(fmt, (width, height))
 
     def _check_output_pixels(self, size: tuple[int, int], scale: float) -> None:
         width, height = output_size(size[0], size[1], scale)
@@ -310,15 +367,27 @@ class Enhancer:
         logger.info("calibrated on a %dx%d noise image: %s", side, side, throughput.describe())
         return throughput
 
-    def estimate(self, width: int, height: int, scale: float, tile: int | None = None) -> float:
-        """Seconds enhancing a ``width`` x ``height`` image ``scale`` times should take here.
+    def estimate(
+        self,
+        width: int,
+        height: int,
+        scale: float,
+        tile: int | None = None,
+        level: int = 1,
+        enhance_first: bool = False,
+    ) -> float:
+        """Seconds enhancing a ``width`` x ``height`` image ``scale`` times (with ``level`` and
+        ``enhance_first`` as the options) should take here.
 
         Raises:
             RuntimeError: the engine was not calibrated (``admit_within``, ``calibrate``).
         """
         if self.throughput is None:
             raise RuntimeError("estimate() needs a throughput: call admit_within() first")
-        return self.throughput.seconds(work(width, height, scale, self.card, tile or self.tile))
+        plan = {"level": level, "enhance_first": enhance_first}
+        return self.throughput.seconds(
+            work(width, height, scale, self.card, tile or self.tile, **plan)
+        )
 
     def _check_cost(self, size: tuple[int, int], options: Options) -> float | None:
         """The request's estimated seconds; TooMuchWork (413) when they are over the budget."""
@@ -326,7 +395,8 @@ class Enhancer:
             return None
         width, height = size
         tile = options.tile or self.tile
-        seconds = self.estimate(width, height, options.scale, tile)
+        passes = (options.level, options.enhance_first)
+        seconds = self.estimate(width, height, options.scale, tile, *passes)
         if seconds <= self.budget:
             return seconds
 
@@ -334,7 +404,7 @@ class Enhancer:
             out_w, out_h = output_size(width, height, scale)
             return (
                 out_w * out_h <= self.settings.max_output_pixels
-                and self.estimate(width, height, scale, tile) <= self.budget
+                and self.estimate(width, height, scale, tile, *passes) <= self.budget
             )
 
         best = largest_scale(fits, options.scale)
@@ -348,7 +418,7 @@ class Enhancer:
         shrink = math.sqrt(self.budget / seconds)
         for _ in range(40):
             smaller = (max(1, int(width * shrink)), max(1, int(height * shrink)))
-            if self.estimate(*smaller, options.scale, tile) <= self.budget:
+            if self.estimate(*smaller, options.scale, tile, *passes) <= self.budget:
                 break
             shrink *= 0.95
         raise TooMuchWork(
@@ -513,31 +583,36 @@ class Enhancer:
         alpha = job.picture.alpha
         if alpha is not None:
             alpha = resize(alpha.to(self.device), job.target)
+        color = job.color
+        if job.options.compare:
+            plain = resize(job.picture.color.to(self.device), job.target)
+            color, alpha = side_by_side(plain, color, alpha), None
         quality = job.options.quality or {
             "jpeg": self.settings.jpeg_quality,
             "avif": self.settings.avif_quality,
         }.get(job.format, self.settings.webp_quality)
         data = encode_picture(
-            job.color,
+            color,
             alpha,
             grayscale=job.picture.grayscale,
             bits=job.picture.bits,
             fmt=job.format,
             quality=quality,
-            meta=job.picture.meta,
+            meta=apply_metadata_option(job.picture.meta, job.options.metadata),
             png_compress_level=self.settings.png_compress_level,
         )
-        job.color = None  # free the device memory as soon as the bytes exist
+        job.color = color = None  # free the device memory as soon as the bytes exist
         if len(data) > self.settings.max_output_bytes:
             raise PayloadTooLarge(
                 f"encoded output is {len(data):,} bytes; "
                 f"the limit is {self.settings.max_output_bytes:,} bytes: "
                 "ask for jpeg or webp, or a smaller scale"
             )
-        headers = {} if job.denoise is None else {"X-Enhance-Denoise": f"{job.denoise:g}"}
-        return Result(
-            data, CONTENT_TYPES[job.format], job.format, job.target[0], job.target[1], headers
-        )
+        headers = {SCALE_USED_HEADER: f"{job.options.scale:g}"}
+        if job.denoise is not None:
+            headers["X-Enhance-Denoise"] = f"{job.denoise:g}"
+        width, height = compare_size(*job.target) if job.options.compare else job.target
+        return Result(data, CONTENT_TYPES[job.format], job.format, width, height, headers)
 
     # -- conveniences ----------------------------------------------------------------------------
 
@@ -594,9 +669,11 @@ class Enhancer:
         *,
         tile: int | None = None,
         denoise: float | None = None,
+        level: int = 1,
+        enhance_first: bool = False,
     ) -> torch.Tensor:
         """Enhance a float RGB tensor (3, H, W) in [0, 1] by ``scale``, as the service does
-        (``denoise``: as the option, for an engine with a clean/restore family).
+        (``denoise``, ``level``, ``enhance_first``: as the options).
 
         Returns:
             float32 (3, round(scale*H), round(scale*W)) in [0, 1], on the CPU.
@@ -604,8 +681,10 @@ class Enhancer:
         if rgb.ndim != 3 or rgb.shape[0] != 3:
             raise ValueError(f"expected a (3, H, W) tensor, got {tuple(rgb.shape)}")
         height, width = rgb.shape[1:]
-        plan = plan_passes(width, height, scale)
-        options = Options(scale=scale, tile=tile, denoise=denoise)
+        plan = plan_passes(width, height, scale, level=level, enhance_first=enhance_first)
+        options = Options(
+            scale=scale, tile=tile, denoise=denoise, level=level, enhance_first=enhance_first
+        )
         (out,) = self._enhance(
             [rgb.to(self.device, torch.float32)], [plan], [options], [self._denoise_level(options)]
         )

@@ -1,5 +1,5 @@
-"""Request options: parse and check ``scale``, ``format``, ``quality``, ``tile``, ``strength`` and
-``denoise``.
+"""Request options: parse and check ``scale`` (a number or ``auto``), ``format``, ``quality``,
+``tile``, ``strength``, ``denoise``, ``level``, ``enhance_first``, ``compare`` and ``metadata``.
 
 The names and formats are the contract's (``enhancer.contract``); how they arrive (form fields,
 headers) is the adapters' business (``enhancer.serving``). Anything unknown is an error that names
@@ -13,7 +13,17 @@ import math
 from collections.abc import Mapping
 
 from enhancer.card import ModelCard
-from enhancer.contract import FORMAT_ALIASES, FORMATS, OPTION_NAMES
+from enhancer.contract import (
+    FALSE_WORDS,
+    FORMAT_ALIASES,
+    FORMATS,
+    LEVELS,
+    METADATA_DEFAULT,
+    METADATA_MODES,
+    OPTION_NAMES,
+    SCALE_AUTO,
+    TRUE_WORDS,
+)
 from enhancer.errors import OptionError
 from enhancer.settings import EnhancerSettings
 
@@ -25,7 +35,9 @@ class Options:
     """Validated options of one request.
 
     Attributes:
-        scale: output size / input size, 1 to ``max_scale``; 1 restores without enlarging.
+        scale: output size / input size, 1 to ``max_scale``; 1 restores without enlarging. With
+            ``scale_auto`` a placeholder until the engine has chosen it from the image.
+        scale_auto: ``scale=auto`` was asked for (passes.auto_scale chooses).
         format: "auto", "png", "jpeg", "webp", "avif" or "tiff".
         quality: 1-100 for jpeg, webp and avif; None means the service default. Ignored for png
             and tiff.
@@ -33,6 +45,10 @@ class Options:
         strength: 0-1; the result is ``strength * model + (1 - strength) * plain resize``.
         denoise: 0-1, between the clean (0) and restore (1) models of a family (family.py);
             None for the service default.
+        level: 1-4; passes at the final size after the enlarging ones: level - 1 (passes.py).
+        enhance_first: one restoring pass at the input size before enlarging.
+        compare: answer the plain resize and the result side by side (compare.py).
+        metadata: "keep", "strip-location" or "strip" (imaging/metadata.py).
     """
 
     scale: float = 2.0
@@ -41,6 +57,11 @@ class Options:
     tile: int | None = None
     strength: float = 1.0
     denoise: float | None = None
+    scale_auto: bool = False
+    level: int = 1
+    enhance_first: bool = False
+    compare: bool = False
+    metadata: str = METADATA_DEFAULT
 
 
 def _text(name: str, value: object) -> str:
@@ -65,6 +86,16 @@ def _number(name: str, text: str, kind: type) -> float | int:
     return number
 
 
+def _yes_no(name: str, text: str) -> bool:
+    word = text.lower()
+    if word in TRUE_WORDS:
+        return True
+    if word in FALSE_WORDS:
+        return False
+    choices = ", ".join(TRUE_WORDS + FALSE_WORDS)
+    raise OptionError(name, f"'{text[:40]}' is not one of {choices}")
+
+
 def parse_options(
     values: Mapping[str, object], card: ModelCard, settings: EnhancerSettings
 ) -> Options:
@@ -84,11 +115,22 @@ def parse_options(
     text = {name: _text(name, value) for name, value in values.items()}
     kwargs: dict[str, object] = {}
 
-    if "scale" in text:
-        scale = float(_number("scale", text["scale"], float))
+    if "scale" in text and text["scale"].lower() == SCALE_AUTO:
+        kwargs["scale_auto"] = True
+    elif "scale" in text:
+        try:
+            scale = float(_number("scale", text["scale"], float))
+        except OptionError:
+            raise OptionError(
+                "scale",
+                f"'{text['scale'][:40]}' is not a number from 1 to {settings.max_scale:g} "
+                f"or {SCALE_AUTO}",
+            ) from None
         if not 1.0 <= scale <= settings.max_scale:
             raise OptionError(
-                "scale", f"{text['scale'][:40]} is out of range: use 1 to {settings.max_scale:g}"
+                "scale",
+                f"{text['scale'][:40]} is out of range: use 1 to {settings.max_scale:g}, "
+                f"or {SCALE_AUTO}",
             )
         kwargs["scale"] = scale
 
@@ -132,6 +174,23 @@ def parse_options(
         if not 0.0 <= denoise <= 1.0:
             raise OptionError("denoise", f"{text['denoise'][:40]} is out of range: use 0 to 1")
         kwargs["denoise"] = denoise
+
+    if "level" in text:
+        level = int(_number("level", text["level"], int))
+        if level not in LEVELS:
+            raise OptionError("level", f"{level} is out of range: use {LEVELS[0]} to {LEVELS[-1]}")
+        kwargs["level"] = level
+
+    for name in ("enhance_first", "compare"):
+        if name in text:
+            kwargs[name] = _yes_no(name, text[name])
+
+    if "metadata" in text:
+        mode = text["metadata"].lower()
+        if mode not in METADATA_MODES:
+            choices = ", ".join(METADATA_MODES)
+            raise OptionError("metadata", f"'{text['metadata'][:40]}' is not one of {choices}")
+        kwargs["metadata"] = mode
 
     return Options(**kwargs)  # type: ignore[arg-type]
 

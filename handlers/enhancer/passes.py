@@ -1,12 +1,20 @@
 """Pass planning: reach any scale in passes of at most 2x, landing on exactly round(scale * size).
 
-4x is two 2x passes; 3x is 2x then 1.5x; 1x is one restoring pass at the same size.
+4x is two 2x passes; 3x is 2x then 1.5x; 1x is one restoring pass at the same size. Restoring
+passes (``src == dst``) can be added: ``enhance_first`` puts one at the input size before the
+enlarging passes, and ``level`` n puts n - 1 at the final size after them. How a model of scale s
+runs a restoring pass is the engine's: it enlarges s times and resizes back down (antialiased), as
+``scale=1`` always has; no input detail is thrown away first.
+
+``auto_scale`` is ``scale=auto``: the whole factor that brings the short side to about 1080 px.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
+
+from enhancer.contract import AUTO_SHORT_SIDE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,11 +41,49 @@ def pass_count(scale: float) -> int:
     return math.ceil(math.log2(scale) - 1e-9)
 
 
-def plan_passes(width: int, height: int, scale: float) -> list[Pass]:
+def auto_scale(
+    width: int,
+    height: int,
+    *,
+    max_scale: float,
+    max_output_pixels: int,
+    max_side: int | None = None,
+    short_side: int = AUTO_SHORT_SIDE,
+) -> int:
+    """The factor ``scale=auto`` chooses for a ``width`` x ``height`` image.
+
+    1 when the short side already has ``short_side`` (1080) pixels or more. Otherwise the smallest
+    whole factor from 2 up that brings the short side to at least ``short_side``, at most
+    ``max_scale`` (8): 540 px -> 2 (1080), 539 px -> 3 (1617), 135 px -> 8 (1080), 100 px -> 8
+    (800). Then, while the output would be over ``max_output_pixels`` (or a side over
+    ``max_side``, the output format's limit), the next smaller whole factor, down to 1. Whole
+    factors only: every pass but the last is 2x, and 2x and 4x need no fractional last pass.
+    """
+    if width < 1 or height < 1:
+        raise ValueError(f"image size must be positive, not {width}x{height}")
+    short = min(width, height)
+    if short >= short_side:
+        return 1
+    scale = min(max(2, -(-short_side // short)), int(max_scale))
+    while scale > 1:
+        out_w, out_h = output_size(width, height, scale)
+        fits_side = max_side is None or max(out_w, out_h) <= max_side
+        if out_w * out_h <= max_output_pixels and fits_side:
+            break
+        scale -= 1
+    return scale
+
+
+def plan_passes(
+    width: int, height: int, scale: float, *, level: int = 1, enhance_first: bool = False
+) -> list[Pass]:
     """Plan the passes for an image of ``width`` x ``height`` enlarged ``scale`` times.
 
-    Every pass but the last is exactly 2x; the last goes from wherever the others ended to the
-    exact output size, so it is a factor in (1, 2] (or exactly 1 when ``scale`` is 1).
+    Every enlarging pass but the last is exactly 2x; the last goes from wherever the others ended
+    to the exact output size, so it is a factor in (1, 2] (or exactly 1 when ``scale`` is 1).
+    ``enhance_first`` adds a restoring pass at the input size in front (none when ``scale`` is 1:
+    the one pass already restores at that size); ``level`` n adds n - 1 restoring passes at the
+    output size at the end.
 
     Raises:
         ValueError: for a scale below 1 or a non-positive size.
@@ -46,12 +92,17 @@ def plan_passes(width: int, height: int, scale: float) -> list[Pass]:
         raise ValueError(f"image size must be positive, not {width}x{height}")
     if not scale >= 1.0:
         raise ValueError(f"scale must be at least 1, not {scale}")
+    if level < 1:
+        raise ValueError(f"level must be at least 1, not {level}")
     target = output_size(width, height, scale)
     passes = []
     size = (width, height)
+    if enhance_first and target != size:
+        passes.append(Pass(size, size))
     for _ in range(pass_count(scale) - 1):
         doubled = (size[0] * 2, size[1] * 2)
         passes.append(Pass(size, doubled))
         size = doubled
     passes.append(Pass(size, target))
+    passes.extend(Pass(target, target) for _ in range(level - 1))
     return passes

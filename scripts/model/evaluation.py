@@ -86,14 +86,23 @@ def bicubic(lr: Image.Image, size: tuple[int, int]) -> np.ndarray:
     return np.asarray(lr.resize(size, Image.BICUBIC))
 
 
-def engine_upscaler(model_path: str, card_path: str | None, device: str):
-    """``Enhancer.upscale``: the server's own tiled, multi-pass code."""
+def engine_upscaler(
+    model_path: str,
+    card_path: str | None,
+    device: str,
+    *,
+    level: int = 1,
+    enhance_first: bool = False,
+):
+    """``Enhancer.upscale``: the server's own tiled, multi-pass code (``level`` and
+    ``enhance_first`` as the request options)."""
     from enhancer.engine import Enhancer
 
     enh = Enhancer.load(model_path, card_path, device=device)
 
     def run(lr: Image.Image, scale: int) -> np.ndarray:
-        return to_uint8(enh.upscale(to_tensor(lr), float(scale)))
+        out = enh.upscale(to_tensor(lr), float(scale), level=level, enhance_first=enhance_first)
+        return to_uint8(out)
 
     return run, enh.card
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from enhancer.contract import MODEL_NAME
+from enhancer.contract import MODEL_NAME, SCALE_USED_HEADER
 
-OUTPUTS = ("image", "content_type", "width", "height", "status", "error")
+OUTPUTS = ("image", "content_type", "width", "height", "status", "error", "headers")
 FORMAT_BY_SUFFIX = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".webp": "webp"}
 
 
@@ -28,6 +28,8 @@ class Reply:
         content_type: e.g. "image/png" (empty on error).
         width, height: the output size (0 on error).
         error: the parsed error body ``{"code", "type", "message"}``, or None.
+        headers: what TorchServe sends as response headers, e.g. ``{"X-Enhance-Scale-Used":
+            "4"}`` (empty on error).
     """
 
     status: int
@@ -36,6 +38,7 @@ class Reply:
     width: int
     height: int
     error: dict | None
+    headers: dict[str, str]
 
     @property
     def ok(self) -> bool:
@@ -83,6 +86,7 @@ def parse_reply(result, row: int = 0) -> Reply:
         width=int(cell("width")),
         height=int(cell("height")),
         error=json.loads(error) if error else None,
+        headers=json.loads(bytes(cell("headers")) or b"{}"),
     )
 
 
@@ -214,7 +218,7 @@ def run(
             f"{len(reply.data):,} bytes)"
         )
     if check_reply:
-        ok, line = check(reply, data, float(options.get("scale", 2)))
+        ok, line = check(reply, data, float(reply.headers.get(SCALE_USED_HEADER, 2)))
         print(f"{'PASS' if ok else 'FAIL'}: {model_name} {line}")
         return 0 if ok else 1
     return 0

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 import enhancer
-from enhancer.contract import OPTION_HEADER_PREFIX, OPTION_NAMES, RESTORE_FILE
+from enhancer.contract import OPTION_HEADER_PREFIX, OPTION_NAMES, RESTORE_FILE, header_option
 from enhancer.engine import Enhancer, configure_cpu_threads
 from enhancer.errors import BadRequest, OptionError
 from enhancer.settings import EnhancerSettings
@@ -129,7 +129,7 @@ def split_request(
             continue
         if not key.lower().startswith(low_prefix):
             continue
-        name = key[len(prefix) :].lower()
+        name = header_option(key[len(prefix) :])
         if name not in OPTION_NAMES:
             header = f"{prefix}{key[len(prefix) :]}"
             raise OptionError(header, f"unknown option header (known: {known})")

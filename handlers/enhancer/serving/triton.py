@@ -16,6 +16,10 @@ Model ``enhancer`` (max_batch_size: the YAML's ``batchSize``; every tensor has s
              width, height INT32  the output size (0 on error)
              status        INT32  200, or the engine's HTTP status: 400, 413, 415, 500 or 507
              error         BYTES  empty, or TorchServe's error body: {"code", "type", "message"}
+             headers       BYTES  the response headers TorchServe would send besides
+                                  Content-Type, as a JSON object: {"X-Enhance-Scale-Used": "4"}
+                                  (the scale ``scale=auto`` chose), "X-Enhance-Denoise" for a
+                                  clean/restore pair; {} on error
 
 Errors travel as outputs, not as Triton errors, because of what PyTriton 0.7.0 does with an
 exception from the inference callable (proxy/inference.py ``_handle_requests``, proxy/model.py
@@ -48,7 +52,7 @@ from enhancer.errors import BadRequest, EnhanceError, PayloadTooLarge
 
 logger = logging.getLogger(__name__)
 
-OUTPUT_NAMES = ("image", "content_type", "width", "height", "status", "error")
+OUTPUT_NAMES = ("image", "content_type", "width", "height", "status", "error", "headers")
 OPTIONS_EXAMPLE = '{"scale": "4", "format": "webp"}'
 
 
@@ -142,7 +146,7 @@ def _column(values: Sequence[object], dtype: type) -> np.ndarray:
 
 def outputs_for(outcomes: Sequence[object]) -> dict[str, np.ndarray]:
     """The output tensors of one request from its rows' engine Results or EnhanceErrors."""
-    images, types, widths, heights, statuses, errors = [], [], [], [], [], []
+    images, types, widths, heights, statuses, errors, headers = [], [], [], [], [], [], []
     for outcome in outcomes:
         if isinstance(outcome, EnhanceError):
             images.append(b"")
@@ -151,6 +155,7 @@ def outputs_for(outcomes: Sequence[object]) -> dict[str, np.ndarray]:
             heights.append(0)
             statuses.append(outcome.status)
             errors.append(outcome.to_json())
+            headers.append(b"{}")
         else:
             images.append(outcome.data)
             types.append(outcome.content_type.encode())
@@ -158,6 +163,7 @@ def outputs_for(outcomes: Sequence[object]) -> dict[str, np.ndarray]:
             heights.append(outcome.height)
             statuses.append(200)
             errors.append(b"")
+            headers.append(json.dumps(outcome.headers, sort_keys=True).encode())
     return {
         "image": _column(images, np.object_),
         "content_type": _column(types, np.object_),
@@ -165,6 +171,7 @@ def outputs_for(outcomes: Sequence[object]) -> dict[str, np.ndarray]:
         "height": _column(heights, np.int32),
         "status": _column(statuses, np.int32),
         "error": _column(errors, np.object_),
+        "headers": _column(headers, np.object_),
     }
 
 
@@ -223,6 +230,7 @@ def model_tensors() -> tuple[list, list]:
         Tensor(name="height", dtype=np.int32, shape=(1,)),
         Tensor(name="status", dtype=np.int32, shape=(1,)),
         Tensor(name="error", dtype=np.bytes_, shape=(1,)),
+        Tensor(name="headers", dtype=np.bytes_, shape=(1,)),
     ]
     return inputs, outputs
 
