@@ -317,16 +317,24 @@ def checkpoint_progress(path: Path) -> dict:
     }
 
 
-def training_record(path: Path) -> dict:
+def training_record(path: Path, seen: tuple = ()) -> dict:
     """The run's args.yaml, with the runs it started from (``--init-weights``) chained under
-    ``init_from`` and the totals of steps and wall time over the chain."""
+    ``init_from`` and the totals of steps and wall time over the chain. Weights written by
+    ``scripts/checkpoint.py weights`` name the checkpoint they came from: its run is the parent."""
     import yaml
 
     record = yaml.safe_load(path.read_text())
     steps, wall = record.get("steps", 0), record.get("wall_time_s", 0)
     init = record.get("init_weights")
-    if init and Path(init).with_name("args.yaml").exists():
-        previous = training_record(Path(init).with_name("args.yaml"))
+    parent = Path(init).with_name("args.yaml") if init else None
+    if init and Path(init).exists():
+        source = torch.load(init, map_location="cpu", weights_only=True)
+        if isinstance(source, dict) and isinstance(source.get("from"), str):
+            parent = Path(source["from"]).with_name("args.yaml")
+            record["init_from_step"] = source.get("steps")
+    seen = (*seen, Path(path).resolve())
+    if parent and parent.exists() and parent.resolve() not in seen:
+        previous = training_record(parent, seen)
         record["init_from"] = previous
         steps += previous.get("total_steps", previous.get("steps", 0))
         wall += previous.get("total_wall_time_s", previous.get("wall_time_s", 0))
