@@ -30,7 +30,7 @@ def test_config_properties_binds_loopback_only(tmp_path):
 
 def test_the_serving_path_is_the_dependencies_without_extras():
     packages = audit.serving_packages()
-    assert {"flask", "gunicorn", "torchserve", "pillow", "werkzeug"} <= set(packages)
+    assert {"flask", "gunicorn", "gevent", "torchserve", "pillow", "werkzeug"} <= set(packages)
     assert {"pytest", "fastai", "nvidia-pytriton", "pip-audit", "image-enhancer"}.isdisjoint(
         packages
     )

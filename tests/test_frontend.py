@@ -1196,8 +1196,61 @@ def test_production_server_runs_no_debugger(monkeypatch, tmp_path):
     assert (
         command[:3] == [sys.executable, "-m", "gunicorn"] and command[-1] == "frontend:create_app()"
     )
-    assert command[command.index("--worker-class") + 1] == "gthread"
+    # gevent: a slow client holds a greenlet, not one of a few threads (R10); headers must arrive
+    # within the keep-alive seconds, under that worker's deadline.
+    assert command[command.index("--worker-class") + 1] == "gevent"
+    assert int(command[command.index("--keep-alive") + 1]) == page.KEEP_ALIVE <= 10
     # gunicorn's worker timeout stays above the app's read timeout, so a slow enhancement ends with
     # the app's 504, not with gunicorn killing the worker.
     assert int(command[command.index("--timeout") + 1]) > page.APP_READ_TIMEOUT
     assert not {"--reload", "--debug", "run"} & set(command)
+
+
+# -- slow clients and the rate limit (RELIABILITY.md R10, F6) --------------------------------------
+
+
+class _Dribble(io.RawIOBase):
+    """A request body that arrives ``piece`` bytes every ``interval`` seconds."""
+
+    def __init__(self, body: bytes, piece: int, interval: float):
+        self.body, self.piece, self.interval = body, piece, interval
+        self.reads = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        time.sleep(self.interval)
+        self.reads += 1
+        size = min(len(buffer), self.piece)
+        data, self.body = self.body[:size], self.body[size:]
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def gunicorn_like_from(body: bytes, stream) -> Request:
+    """``gunicorn_like(body)`` with its body read from ``stream`` instead."""
+    request = gunicorn_like(body)
+    request.environ["wsgi.input"] = stream
+    return request
+
+
+def test_a_dribbled_body_is_a_408_that_closes_the_connection(make_app, stub):
+    client = make_app(BODY_GRACE=0.2, BODY_MIN_RATE=100_000).test_client()
+    body = multipart([("image", "a.png", image_bytes())])
+    dribble = _Dribble(body, piece=10, interval=0.05)
+    started = time.monotonic()
+    response = client.open(gunicorn_like_from(body, dribble))
+    assert time.monotonic() - started < 2.0
+    body = assert_error(response, 408, "RequestTimeout")
+    assert "too slow" in body["message"]
+    assert response.headers["Connection"] == "close"
+    assert dribble.reads < 20 and not stub.predictions
+
+
+def test_uploads_at_real_speeds_are_not_paced_out(make_app, stub):
+    client = make_app(BODY_GRACE=0.5, BODY_MIN_RATE=10_000, MAX_UPLOAD_BYTES=1_000_000)
+    body = multipart([("image", "a.png", padded_png(300_000))])
+    dribble = _Dribble(body, piece=64 * 1024, interval=0.01)  # about 6.5 MB/s
+    response = client.test_client().open(gunicorn_like_from(body, dribble))
+    assert response.status_code == 200, response.get_data(as_text=True)
