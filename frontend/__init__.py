@@ -18,6 +18,7 @@ from flask import Flask
 from enhancer.client import TorchServeClient
 from enhancer.contract import MODEL_NAME
 from frontend import views
+from frontend.ratelimit import RateLimiter
 from frontend.security import InMemoryRequest, check_upload_limits
 
 REPO = Path(__file__).resolve().parent.parent
@@ -49,6 +50,10 @@ def create_app(test_config: dict | None = None) -> Flask:
         # on top (frontend/security.py PacedStream); slower ones get a 408 and are disconnected.
         BODY_GRACE=10.0,
         BODY_MIN_RATE=10_000,
+        # Uploads per client address (frontend/ratelimit.py): RATE_LIMIT_BURST at once, then
+        # RATE_LIMIT_PER_MINUTE a minute, per gunicorn worker; 0 a minute turns it off.
+        RATE_LIMIT_PER_MINUTE=60,
+        RATE_LIMIT_BURST=30,
     )
     if test_config is None:
         app.config.from_prefixed_env()
@@ -58,6 +63,9 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     _log_through_gunicorn()
     app.extensions["torchserve"] = TorchServeClient.from_config(app.config)
+    app.extensions["rate_limit"] = RateLimiter(
+        app.config["RATE_LIMIT_PER_MINUTE"], app.config["RATE_LIMIT_BURST"]
+    )
     app.register_blueprint(views.bp)
     return app
 

@@ -183,7 +183,17 @@ def enhance():
     # Reading the form enforces MAX_CONTENT_LENGTH (BodyTooLarge), MAX_FORM_PARTS and
     # MAX_FORM_MEMORY_SIZE (413); the image's own size is checked below.
     form, files = request.form, request.files
-
+    # Counted once the body is in (a refusal before it would leave the browser mid-upload).
+    wait = current_app.extensions["rate_limit"].acquire(request.remote_addr or "")
+    if wait:
+        config = current_app.config
+        return error_response(
+            429,
+            "TooManyRequests",
+            f"Too many uploads from your address: at most {config['RATE_LIMIT_BURST']} at once "
+            f"and {config['RATE_LIMIT_PER_MINUTE']:g} a minute. Try again in {wait} s.",
+            retry_after=wait,
+        )
     unknown = [name for name in form if name not in OPTION_NAMES]
     unknown += [name for name in files if name != IMAGE_FIELD]
     if unknown:

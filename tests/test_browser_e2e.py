@@ -369,6 +369,22 @@ def test_too_much_work_shows_the_estimate_and_offers_the_scale_that_fits(
     assert retry.text_content() == "Try again"  # the next failure offers the plain retry again
 
 
+def test_over_the_rate_limit_the_page_waits_and_retries(torchserve, browser, photo, tmp_path):
+    """A page that allows one upload at once per worker and 6 a minute: of 3 photos dropped
+    together, at least one is answered 429; the page waits its Retry-After and sends it again."""
+    page = start_page(torchserve, tmp_path / "page", RATE_LIMIT_PER_MINUTE=6, RATE_LIMIT_BURST=1)
+    try:
+        browser.goto(page.url)
+        browser.locator("#service").filter(has_text="Service ready.").wait_for(timeout=30_000)
+        images = [encoded(photo(40, 30, seed=k)) for k in range(3)]
+        drop(browser, [(f"p{k}.png", "image/png", data) for k, data in enumerate(images)])
+        browser.locator("#queue li[data-state=done]").nth(2).wait_for(timeout=120_000)
+        assert browser.locator("#queue li[data-state=error]").count() == 0
+        assert page.answered(429) >= 1 and page.answered(200) == 3
+    finally:
+        stop_page(page)
+
+
 def test_slow_clients_are_dropped_and_uploads_go_on(torchserve, tmp_path):
     """RELIABILITY.md R10 at a small scale: 20 connections dribbling a byte a second (half their
     headers, half a body) beside normal uploads. Every slow one is closed by the page's deadlines
