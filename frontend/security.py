@@ -98,6 +98,8 @@ def check_upload_limits(config) -> None:
             f"MAX_FORM_MEMORY_SIZE must be at least {MIN_FORM_MEMORY_SIZE} bytes: werkzeug applies "
             f"it to each {PARSER_READ_SIZE}-byte read of the image too"
         )
+    if not config["BODY_MIN_RATE"] > 0 or not config["BODY_GRACE"] >= 0:
+        raise ValueError("BODY_MIN_RATE must be over 0 bytes/s and BODY_GRACE 0 s or more")
     config["MAX_CONTENT_LENGTH"] = upload + FORM_ALLOWANCE
 
 

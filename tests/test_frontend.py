@@ -606,6 +606,8 @@ def test_upload_settings_are_checked(monkeypatch):
         create_app({"TESTING": True, "MAX_FORM_MEMORY_SIZE": 64 * 1024})  # the 3.1.9 trap
     with pytest.raises(ValueError, match="MAX_UPLOAD_BYTES"):
         create_app({"TESTING": True, "MAX_UPLOAD_BYTES": 0})
+    with pytest.raises(ValueError, match="BODY_MIN_RATE"):
+        create_app({"TESTING": True, "BODY_MIN_RATE": 0})
 
 
 def gunicorn_like(body: bytes, *, chunked: bool = False) -> Request:
