@@ -2,7 +2,7 @@
 SHELL := /bin/bash
 PY := .venv/bin/python
 
-.PHONY: setup setup-dev run stop test test-fast lint archive bench smoke
+.PHONY: setup setup-dev run stop test test-fast lint audit archive bench smoke
 
 setup:
 	scripts/setup.sh serve
@@ -38,6 +38,12 @@ test: setup-dev
 # The inner loop: the hermetic tests only (no server, no browser, no training runs); a few minutes.
 test-fast: setup-dev
 	$(PY) -m pytest -m "not e2e and not train"
+
+# Supply chain (CI runs it): prints TorchServe's bundled Netty, checks that config.properties binds
+# loopback only, and runs pip-audit over the serving path's packages; fails on a known
+# vulnerability, warns (and passes) when PyPI's advisory service cannot be reached.
+audit: setup-dev
+	$(PY) -m scripts.ops.audit
 
 lint: setup-dev
 	.venv/bin/ruff check handlers frontend scripts deploy tests

@@ -1,7 +1,7 @@
 """The Image Enhancer page: a Flask app in front of TorchServe.
 
     flask --app frontend run --debug                      # development only
-    gunicorn -k gthread -b 127.0.0.1:5000 'frontend:create_app()'   # as scripts.page runs it
+    gunicorn -k gevent -b 127.0.0.1:5000 'frontend:create_app()'   # as scripts.page runs it
 
 Settings come from ``FLASK_``-prefixed environment variables (``FLASK_TORCHSERVE_URL=...``,
 ``FLASK_READ_TIMEOUT=120``, ``FLASK_MAX_UPLOAD_BYTES=20000000``; values are parsed as JSON where
@@ -18,6 +18,7 @@ from flask import Flask
 from enhancer.client import TorchServeClient
 from enhancer.contract import MODEL_NAME
 from frontend import views
+from frontend.ratelimit import RateLimiter
 from frontend.security import InMemoryRequest, check_upload_limits
 
 REPO = Path(__file__).resolve().parent.parent
@@ -45,6 +46,14 @@ def create_app(test_config: dict | None = None) -> Flask:
         MAX_UPLOAD_BYTES=50 * 1024 * 1024,
         MAX_FORM_PARTS=16,
         MAX_FORM_MEMORY_SIZE=256 * 1024,
+        # Slow clients: a body must arrive at BODY_MIN_RATE bytes/s, BODY_GRACE seconds allowed
+        # on top (frontend/security.py PacedStream); slower ones get a 408 and are disconnected.
+        BODY_GRACE=10.0,
+        BODY_MIN_RATE=10_000,
+        # Uploads per client address (frontend/ratelimit.py): RATE_LIMIT_BURST at once, then
+        # RATE_LIMIT_PER_MINUTE a minute, per gunicorn worker; 0 a minute turns it off.
+        RATE_LIMIT_PER_MINUTE=60,
+        RATE_LIMIT_BURST=30,
     )
     if test_config is None:
         app.config.from_prefixed_env()
@@ -54,6 +63,9 @@ def create_app(test_config: dict | None = None) -> Flask:
 
     _log_through_gunicorn()
     app.extensions["torchserve"] = TorchServeClient.from_config(app.config)
+    app.extensions["rate_limit"] = RateLimiter(
+        app.config["RATE_LIMIT_PER_MINUTE"], app.config["RATE_LIMIT_BURST"]
+    )
     app.register_blueprint(views.bp)
     return app
 

@@ -10,12 +10,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import time
 from typing import IO
 from urllib.parse import urlsplit
 
-from flask import Request
-from werkzeug.exceptions import RequestEntityTooLarge
+from flask import Request, current_app
+from werkzeug.exceptions import RequestEntityTooLarge, RequestTimeout
 from werkzeug.utils import cached_property
 from werkzeug.wsgi import LimitedStream, get_input_stream
 
@@ -96,6 +98,8 @@ def check_upload_limits(config) -> None:
             f"MAX_FORM_MEMORY_SIZE must be at least {MIN_FORM_MEMORY_SIZE} bytes: werkzeug applies "
             f"it to each {PARSER_READ_SIZE}-byte read of the image too"
         )
+    if not config["BODY_MIN_RATE"] > 0 or not config["BODY_GRACE"] >= 0:
+        raise ValueError("BODY_MIN_RATE must be over 0 bytes/s and BODY_GRACE 0 s or more")
     config["MAX_CONTENT_LENGTH"] = upload + FORM_ALLOWANCE
 
 
@@ -105,6 +109,65 @@ class BodyTooLarge(RequestEntityTooLarge):
     Its own class, so that the page's 413 text can say which limit was hit: werkzeug raises plain
     RequestEntityTooLarge for too many form parts and for an option field that is too long.
     """
+
+
+class BodyTooSlow(RequestTimeout):
+    """The request body arrives slower than BODY_MIN_RATE allows (after BODY_GRACE seconds)."""
+
+
+def _deadline(seconds: float):
+    """A deadline for one blocking read: a gevent timeout under gunicorn's gevent worker (where
+    sockets are gevent's), nothing elsewhere (the pace is then checked between reads only)."""
+    try:
+        from gevent import Timeout, monkey
+    except ImportError:  # pragma: no cover - gevent is a dependency
+        return contextlib.nullcontext()
+    if not monkey.is_module_patched("socket"):
+        return contextlib.nullcontext()
+    return Timeout(seconds, BodyTooSlow())
+
+
+class PacedStream(io.RawIOBase):
+    """A body that must keep up a minimum pace: by ``grace + received / min_rate`` seconds after
+    the first read, ``received`` bytes must be in, or the read raises BodyTooSlow (408).
+
+    So a client that dribbles its body (RELIABILITY.md R10) is cut off after about ``grace`` plus
+    one parser read's worth (64 KiB at ``min_rate``), whatever length it declares, while an upload
+    at any real network speed never meets the limit.
+    """
+
+    CHUNK = 64 * 1024
+
+    def __init__(self, stream: IO[bytes], grace: float, min_rate: float):
+        super().__init__()
+        self._stream = stream
+        self._grace = grace
+        self._min_rate = min_rate
+        self._start: float | None = None
+        self._received = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        if size is None or size < 0:
+            return b"".join(iter(lambda: self.read(self.CHUNK), b""))
+        if self._start is None:
+            self._start = time.monotonic()
+        allowed = (
+            self._start + self._grace + (self._received + size) / self._min_rate - time.monotonic()
+        )
+        if allowed <= 0:
+            raise BodyTooSlow()
+        with _deadline(allowed):
+            data = self._stream.read(size)
+        self._received += len(data)
+        return data
+
+    def readinto(self, buffer) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
 
 
 class _CappedStream(LimitedStream):
@@ -126,10 +189,15 @@ class InMemoryRequest(Request):
       Content-Length by MAX_CONTENT_LENGTH as a maximum, and the parser's final read at that
       position raises 413; a declared length is limited by itself instead.
     - A body over the limit raises BodyTooLarge, declared or chunked.
+    - A body slower than BODY_MIN_RATE bytes/s after BODY_GRACE seconds raises BodyTooSlow.
     """
 
     @cached_property
     def stream(self) -> IO[bytes]:
+        config = current_app.config
+        return PacedStream(self._limited_stream(), config["BODY_GRACE"], config["BODY_MIN_RATE"])
+
+    def _limited_stream(self) -> IO[bytes]:
         length = self.content_length
         limit = self.max_content_length
         if length is not None and limit is not None and length > limit:

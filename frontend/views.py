@@ -78,6 +78,7 @@ _TYPES = {
     403: "Forbidden",
     404: "NotFound",
     405: "MethodNotAllowed",
+    408: "RequestTimeout",
     413: "PayloadTooLarge",
     415: "UnsupportedMediaType",
 }
@@ -127,6 +128,12 @@ def http_error(error: HTTPException) -> Response:
     status = error.code or 500
     if status == 413:
         message = _too_large_message(error)
+    elif status == 408:
+        config = current_app.config
+        message = (
+            f"The upload was too slow: the page needs at least "
+            f"{config['BODY_MIN_RATE'] / 1000:g} KB/s after {config['BODY_GRACE']:g} s."
+        )
     elif status == 404:
         message = "There is nothing at this address."
     elif status == 405:
@@ -136,6 +143,8 @@ def http_error(error: HTTPException) -> Response:
     response = error_response(status, _TYPES.get(status, error.name.replace(" ", "")), message)
     if status == 405 and getattr(error, "valid_methods", None):
         response.headers["Allow"] = ", ".join(error.valid_methods)
+    if status == 408:
+        response.headers["Connection"] = "close"  # the rest of a dribbled body is not awaited
     return response
 
 
@@ -204,6 +213,17 @@ def enhance():
     # Reading the form enforces MAX_CONTENT_LENGTH (BodyTooLarge), MAX_FORM_PARTS and
     # MAX_FORM_MEMORY_SIZE (413); the image's own size is checked below.
     form, files = request.form, request.files
+    # Counted once the body is in (a refusal before it would leave the browser mid-upload).
+    wait = current_app.extensions["rate_limit"].acquire(request.remote_addr or "")
+    if wait:
+        config = current_app.config
+        return error_response(
+            429,
+            "TooManyRequests",
+            f"Too many uploads from your address: at most {config['RATE_LIMIT_BURST']} at once "
+            f"and {config['RATE_LIMIT_PER_MINUTE']:g} a minute. Try again in {wait} s.",
+            retry_after=wait,
+        )
     unknown = [name for name in form if name not in OPTION_NAMES]
     unknown += [name for name in files if name != IMAGE_FIELD]
     if unknown:

@@ -21,7 +21,7 @@ def cmd_start(args: argparse.Namespace) -> int:
         args.host,
         args.port,
         workers=args.workers,
-        threads=args.threads,
+        connections=args.connections,
         timeout=args.timeout,
         log=lambda line: print(f"page: {line}"),
     )
@@ -62,7 +62,10 @@ def main(argv: list[str] | None = None) -> int:
         "--workers", type=int, default=2, help="gunicorn processes (default: %(default)s)"
     )
     start.add_argument(
-        "--threads", type=int, default=4, help="threads per process (default: %(default)s)"
+        "--connections",
+        type=int,
+        default=page.DEFAULT_CONNECTIONS,
+        help="connections each process serves at once (default: %(default)s)",
     )
     start.add_argument(
         "--timeout",

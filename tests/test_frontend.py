@@ -32,6 +32,7 @@ from werkzeug.wrappers import Request
 from enhancer.client import TorchServeClient
 from enhancer.contract import ALLOWED_TEXT, sniff_format
 from frontend import create_app
+from frontend.ratelimit import RateLimiter
 from frontend.security import FORM_ALLOWANCE, MIN_FORM_MEMORY_SIZE
 from tests.helpers.images import padded
 
@@ -680,6 +681,8 @@ def test_upload_settings_are_checked(monkeypatch):
         create_app({"TESTING": True, "MAX_FORM_MEMORY_SIZE": 64 * 1024})  # the 3.1.9 trap
     with pytest.raises(ValueError, match="MAX_UPLOAD_BYTES"):
         create_app({"TESTING": True, "MAX_UPLOAD_BYTES": 0})
+    with pytest.raises(ValueError, match="BODY_MIN_RATE"):
+        create_app({"TESTING": True, "BODY_MIN_RATE": 0})
 
 
 def gunicorn_like(body: bytes, *, chunked: bool = False) -> Request:
@@ -1271,8 +1274,121 @@ def test_production_server_runs_no_debugger(monkeypatch, tmp_path):
     assert (
         command[:3] == [sys.executable, "-m", "gunicorn"] and command[-1] == "frontend:create_app()"
     )
-    assert command[command.index("--worker-class") + 1] == "gthread"
+    # gevent: a slow client holds a greenlet, not one of a few threads (R10); headers must arrive
+    # within the keep-alive seconds, under that worker's deadline.
+    assert command[command.index("--worker-class") + 1] == "gevent"
+    assert int(command[command.index("--keep-alive") + 1]) == page.KEEP_ALIVE <= 10
     # gunicorn's worker timeout stays above the app's read timeout, so a slow enhancement ends with
     # the app's 504, not with gunicorn killing the worker.
     assert int(command[command.index("--timeout") + 1]) > page.APP_READ_TIMEOUT
     assert not {"--reload", "--debug", "run"} & set(command)
+
+
+# -- slow clients and the rate limit (RELIABILITY.md R10, F6) --------------------------------------
+
+
+class _Dribble(io.RawIOBase):
+    """A request body that arrives ``piece`` bytes every ``interval`` seconds."""
+
+    def __init__(self, body: bytes, piece: int, interval: float):
+        self.body, self.piece, self.interval = body, piece, interval
+        self.reads = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        time.sleep(self.interval)
+        self.reads += 1
+        size = min(len(buffer), self.piece)
+        data, self.body = self.body[:size], self.body[size:]
+        buffer[: len(data)] = data
+        return len(data)
+
+
+def gunicorn_like_from(body: bytes, stream) -> Request:
+    """``gunicorn_like(body)`` with its body read from ``stream`` instead."""
+    request = gunicorn_like(body)
+    request.environ["wsgi.input"] = stream
+    return request
+
+
+def test_a_dribbled_body_is_a_408_that_closes_the_connection(make_app, stub):
+    client = make_app(BODY_GRACE=0.2, BODY_MIN_RATE=100_000).test_client()
+    body = multipart([("image", "a.png", image_bytes())])
+    dribble = _Dribble(body, piece=10, interval=0.05)
+    started = time.monotonic()
+    response = client.open(gunicorn_like_from(body, dribble))
+    assert time.monotonic() - started < 2.0
+    body = assert_error(response, 408, "RequestTimeout")
+    assert "too slow" in body["message"]
+    assert response.headers["Connection"] == "close"
+    assert dribble.reads < 20 and not stub.predictions
+
+
+def test_uploads_at_real_speeds_are_not_paced_out(make_app, stub):
+    client = make_app(BODY_GRACE=0.5, BODY_MIN_RATE=10_000, MAX_UPLOAD_BYTES=1_000_000)
+    body = multipart([("image", "a.png", padded_png(300_000))])
+    dribble = _Dribble(body, piece=64 * 1024, interval=0.01)  # about 6.5 MB/s
+    response = client.test_client().open(gunicorn_like_from(body, dribble))
+    assert response.status_code == 200, response.get_data(as_text=True)
+
+
+def test_rate_limit_is_429_with_retry_after_per_client(make_app, stub):
+    client = make_app(RATE_LIMIT_PER_MINUTE=6, RATE_LIMIT_BURST=2).test_client()
+    for _ in range(2):
+        assert upload(client, image_bytes()).status_code == 200
+    response = upload(client, image_bytes())
+    body = assert_error(response, 429, "TooManyRequests")
+    assert 1 <= int(response.headers["Retry-After"]) <= 10
+    assert f"in {response.headers['Retry-After']} s" in body["message"]
+    assert len(stub.predictions) == 2  # the refused one never reached TorchServe
+    # another address has its own budget
+    other = client.post(
+        "/enhance",
+        data={"image": (io.BytesIO(image_bytes()), "p.png", "image/png")},
+        content_type="multipart/form-data",
+        environ_base={"REMOTE_ADDR": "192.0.2.7"},
+    )
+    assert other.status_code == 200
+    # the page, /health and the static files are never limited
+    assert client.get("/").status_code == 200
+
+
+def test_the_default_rate_limit_lets_a_user_drop_20_photos(make_app, stub):
+    client = make_app().test_client()
+    responses = [upload(client, image_bytes()).status_code for _ in range(20)]
+    assert responses == [200] * 20
+
+
+def test_rate_limit_off_and_settings_checked(make_app, stub):
+    client = make_app(RATE_LIMIT_PER_MINUTE=0, RATE_LIMIT_BURST=1).test_client()
+    assert all(upload(client, image_bytes()).status_code == 200 for _ in range(5))
+    with pytest.raises(ValueError, match="rate limit"):
+        make_app(RATE_LIMIT_BURST=0)
+
+
+def test_rate_limiter_refills_and_forgets():
+    now = [0.0]
+    limiter = RateLimiter(per_minute=60, burst=3, max_clients=2, clock=lambda: now[0])
+    assert [limiter.acquire("a") for _ in range(3)] == [0, 0, 0]
+    assert limiter.acquire("a") == 1  # one a second
+    now[0] += 0.5
+    assert limiter.acquire("a") == 1
+    now[0] += 0.6
+    assert limiter.acquire("a") == 0
+    for client in ("b", "c", "d"):
+        assert limiter.acquire(client) == 0
+    assert len(limiter._buckets) <= 2
+    threads_ok = []
+    shared = RateLimiter(per_minute=1, burst=50)
+
+    def take():
+        threads_ok.append(sum(shared.acquire("x") == 0 for _ in range(20)))
+
+    workers = [threading.Thread(target=take) for _ in range(5)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    assert sum(threads_ok) == 50  # exactly the burst, across threads

@@ -13,6 +13,13 @@
   const CONCURRENCY = 2;
   // A busy service (503 ServiceBusy) is asked again this many times, after its Retry-After.
   const BUSY_RETRIES = 2;
+  // Over the page's per-client rate limit (429 TooManyRequests): waited out this many times.
+  const LIMIT_RETRIES = 5;
+  // What to wait, and what to say, for each answer that means "later".
+  const LATER = {
+    ServiceBusy: { retries: BUSY_RETRIES, text: 'Service busy' },
+    TooManyRequests: { retries: LIMIT_RETRIES, text: 'Too many uploads at once' },
+  };
   const ZOOMS = [0, 1, 2]; // 0 = fit; otherwise CSS pixels per output pixel
   const EXTENSIONS = config.extensions; // content type -> file name extension (enhancer.contract)
   // What went wrong, in words, by the JSON error's type; the server's message follows it.
@@ -22,6 +29,8 @@
     BadRequest: 'Cannot process this file',
     Forbidden: 'Refused',
     ServiceBusy: 'Service busy',
+    TooManyRequests: 'Too many uploads',
+    RequestTimeout: 'Upload too slow',
     ServiceUnavailable: 'Service down',
     BadGateway: 'The service failed',
     WorkerDied: 'The service crashed',
@@ -30,7 +39,8 @@
     Network: 'Connection failed',
   };
   const TYPES_BY_STATUS = {
-    400: 'BadRequest', 403: 'Forbidden', 413: 'PayloadTooLarge', 415: 'UnsupportedMediaType',
+    400: 'BadRequest', 403: 'Forbidden', 408: 'RequestTimeout', 413: 'PayloadTooLarge',
+    415: 'UnsupportedMediaType', 429: 'TooManyRequests',
     500: 'InternalServerError', 502: 'BadGateway', 503: 'ServiceUnavailable', 504: 'GatewayTimeout',
   };
   const ACTIVE = new Set(['uploading', 'processing', 'downloading']);
@@ -145,7 +155,7 @@
       el,
       state: 'queued',
       options: currentOptions(),
-      retries: 0,
+      waits: {}, // retries so far after an answer that means "later", by its type
       suggestedScale: null, // the largest scale the service said fits, after a 413 for too much work
       xhr: null,
       input: { url: URL.createObjectURL(file), width: 0, height: 0 },
@@ -183,7 +193,7 @@
       if (item.suggestedScale) item.options.scale = String(item.suggestedScale);
       item.suggestedScale = null;
       item.parts.retry.textContent = 'Try again';
-      item.retries = 0;
+      item.waits = {};
       item.parts.error.hidden = true;
       item.parts.retry.hidden = true;
       setStatus(item, 'queued', 'Waiting', null);
@@ -327,10 +337,11 @@
     }
     const type = (body && body.type) || TYPES_BY_STATUS[xhr.status] || 'BadGateway';
     const message = (body && body.message) || `The server answered ${xhr.status}.`;
-    if (type === 'ServiceBusy' && item.retries < BUSY_RETRIES) {
-      item.retries += 1;
+    const later = LATER[type];
+    if (later && (item.waits[type] || 0) < later.retries) {
+      item.waits[type] = (item.waits[type] || 0) + 1;
       const wait = Math.min(Number(xhr.getResponseHeader('Retry-After')) || 5, 60);
-      setStatus(item, 'waiting', `Service busy: trying again in ${wait} s…`, null);
+      setStatus(item, 'waiting', `${later.text}: trying again in ${wait} s…`, null);
       setTimeout(() => {
         if (item.state === 'waiting') {
           setStatus(item, 'queued', 'Waiting', null);
@@ -348,7 +359,7 @@
       pump();
       return;
     }
-    fail(item, type, type === 'ServiceBusy' ? `${message} Try again in a minute.` : message);
+    fail(item, type, later ? `${message} Try again in a minute.` : message);
     // Too much work for the time the service allows: offer the largest scale that fits.
     if (type === 'PayloadTooLarge' && body && typeof body.max_scale === 'number') {
       item.suggestedScale = body.max_scale;

@@ -1,11 +1,17 @@
 """The web page under gunicorn (``frontend:create_app()``): start, wait, stop, inspect.
 
-The page runs under gunicorn (threads, since the work is waiting on TorchServe), never Flask's
-development server. It finds TorchServe the way ``scripts.ops.torchserve`` runs it: the addresses
-in the repository's ``config.properties`` and the key file ``.run/key_file.json``. Its pid and
-address are kept in ``.run/page.json``, its logs in ``.run/logs/page.log`` (errors, key rotations)
-and ``.run/logs/page_access.log``. Settings of the app itself can be given as ``FLASK_*``
-environment variables (``FLASK_MAX_UPLOAD_BYTES=20000000``); see frontend/__init__.py.
+The page runs under gunicorn, never Flask's development server, with gevent workers: each
+connection is a greenlet, so a client that sends its request slowly holds a few kilobytes, not one
+of a handful of threads (RELIABILITY.md R10: with threads, 20 clients sending a byte a second
+starved every upload). Headers must arrive whole within KEEP_ALIVE seconds (gunicorn's gevent
+worker reads them under that deadline) and a body at BODY_MIN_RATE (frontend/security.py);
+slower connections are closed.
+
+It finds TorchServe the way ``scripts.ops.torchserve`` runs it: the addresses in the repository's
+``config.properties`` and the key file ``.run/key_file.json``. Its pid and address are kept in
+``.run/page.json``, its logs in ``.run/logs/page.log`` (errors, key rotations) and
+``.run/logs/page_access.log``. Settings of the app itself can be given as ``FLASK_*`` environment
+variables (``FLASK_MAX_UPLOAD_BYTES=20000000``); see frontend/__init__.py.
 """
 
 from __future__ import annotations
@@ -31,6 +37,12 @@ DEFAULT_PORT = 5000
 # The app's default read timeout for TorchServe (frontend/__init__.py); gunicorn's own worker
 # timeout must stay above it or gunicorn would kill a worker waiting on a long enhancement.
 APP_READ_TIMEOUT = 310.0
+# Seconds an idle keep-alive connection is kept, and, under the gevent worker, the deadline for a
+# request's whole header block.
+KEEP_ALIVE = 5
+# Connections each worker serves at once (greenlets; TorchServe's queue bounds the work behind
+# them).
+DEFAULT_CONNECTIONS = 200
 # Environment variables that must not reach the production server.
 _DEV_ONLY = ("FLASK_DEBUG", "FLASK_ENV", "FLASK_RUN_HOST", "FLASK_RUN_PORT")
 
@@ -44,7 +56,7 @@ def gunicorn_command(
     port: int,
     *,
     workers: int = 2,
-    threads: int = 4,
+    connections: int = DEFAULT_CONNECTIONS,
     read_timeout: float = APP_READ_TIMEOUT,
     error_log: Path,
     access_log: Path,
@@ -53,7 +65,8 @@ def gunicorn_command(
 
     Args:
         host, port: where to listen.
-        workers, threads: processes and threads per process (the work is I/O wait on TorchServe).
+        workers, connections: processes, and connections each serves at once (gevent greenlets:
+            the work is I/O wait on TorchServe and on clients).
         read_timeout: the app's READ_TIMEOUT; gunicorn's worker timeout is set above it.
         error_log, access_log: log files.
     """
@@ -66,17 +79,17 @@ def gunicorn_command(
         "--bind",
         f"{host}:{port}",
         "--worker-class",
-        "gthread",
+        "gevent",
         "--workers",
         str(workers),
-        "--threads",
-        str(threads),
+        "--worker-connections",
+        str(connections),
         "--timeout",
         str(int(read_timeout) + 30),
         "--graceful-timeout",
         "30",
         "--keep-alive",
-        "5",
+        str(KEEP_ALIVE),
         "--log-level",
         "info",
         "--error-logfile",
@@ -209,7 +222,7 @@ def start(
     port: int = DEFAULT_PORT,
     *,
     workers: int = 2,
-    threads: int = 4,
+    connections: int = DEFAULT_CONNECTIONS,
     timeout: float = 60.0,
     log=print,
 ) -> str:
@@ -234,7 +247,7 @@ def start(
         host,
         port,
         workers=workers,
-        threads=threads,
+        connections=connections,
         read_timeout=read_timeout,
         error_log=error_log,
         access_log=access_log,
