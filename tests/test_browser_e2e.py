@@ -343,17 +343,36 @@ def test_errors_say_what_went_wrong(site, browser):
 
 @pytest.fixture(scope="module")
 def small_budget(tmp_path_factory):
-    """A TorchServe whose worker admits about 4 s of estimated work per request, and its page."""
+    """A TorchServe whose worker admits about 1 s of estimated work per request, its page, and a
+    photo size whose scale-8 request that worker's own calibration puts well over the budget (a
+    fixed size would be admitted on a fast enough machine)."""
+    from enhancer.admission import Throughput, work
+    from enhancer.card import ModelCard
+    from enhancer.settings import EnhancerSettings
     from tests.helpers.tiny_models import tiny_sr
 
     model = tiny_sr(tmp_path_factory.mktemp("budget-model"))
     ts = start_torchserve(
         model,
         tmp_path_factory.mktemp("budget-ts"),
-        model_config={"handler": {"time_budget_share": 4 / 300}},  # of responseTimeout 300 s
+        model_config={"handler": {"time_budget_share": 1 / 300}},  # of responseTimeout 300 s
     )
+    found = re.search(
+        r"calibrated on a \d+x\d+ noise image: ([\d.]+) model MP/s, ([\d.]+) output MP/s "
+        r"for the rest, on (\w+)",
+        ts.log_text(),
+    )
+    throughput = Throughput(1e-6 / float(found[1]), 1e-6 / float(found[2]), found[3])
+    card = ModelCard.load(model.with_suffix(".json"))
+    tile = 512 if found[3] == "openvino" else card.tile
+    cap = EnhancerSettings().max_output_pixels
+    width, height = 400, 300
+    while throughput.seconds(work(width, height, 8.0, card, tile)) < 3.0 and (
+        (width + 40) * (height + 30) * 64 <= cap
+    ):
+        width, height = width + 40, height + 30
     page = start_page(ts, tmp_path_factory.mktemp("budget-page"))
-    yield page
+    yield page, (width, height)
     stop_page(page)
     stop_torchserve(ts)
 
@@ -361,21 +380,23 @@ def small_budget(tmp_path_factory):
 def test_too_much_work_shows_the_estimate_and_offers_the_scale_that_fits(
     small_budget, browser, photo
 ):
-    browser.goto(small_budget.url)
+    page, (width, height) = small_budget
+    browser.goto(page.url)
     browser.locator("#opt-scale").select_option("8")
-    drop(browser, [("big job.png", "image/png", encoded(photo(400, 300)))])
+    drop(browser, [("big job.png", "image/png", encoded(photo(width, height)))])
     item = browser.locator("#queue li").first
     browser.locator("#queue li[data-state=error]").wait_for(timeout=60_000)
     message = item.locator(".error").text_content()
-    assert message.startswith("Too large: too much work: 400x300 at scale 8 needs about"), message
-    assert "over the time budget of 4 s per request" in message
+    start = f"Too large: too much work: {width}x{height} at scale 8 needs about"
+    assert message.startswith(start), message
+    assert "over the time budget of 1 s per request" in message
     best = float(re.search(r"the largest scale that fits this image is ([\d.]+)", message)[1])
     retry = item.locator(".retry")
     assert retry.text_content() == f"Try at {best:g}×"
     retry.click()
     browser.locator("#queue li[data-state=done]").wait_for(timeout=60_000)
     after = item.locator("img.after")
-    want = [round(best * 400), round(best * 300)]
+    want = [round(best * width), round(best * height)]
     assert after.evaluate("img => [img.naturalWidth, img.naturalHeight]") == want
     assert retry.text_content() == "Try again"  # the next failure offers the plain retry again
 
