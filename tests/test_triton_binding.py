@@ -27,7 +27,7 @@ from PIL import Image
 from enhancer.serving import triton as adapter
 from scripts.ops import triton as triton_ops
 from scripts.ops.paths import CONFIG, MODEL_CONFIG
-from tests.helpers.images import encode, photo_array
+from tests.helpers.images import encode, photo_array, webp_ending_in_nul
 
 pytestmark = pytest.mark.triton
 pytriton_types = pytest.importorskip("pytriton.proxy.types", reason="needs the triton extra")
@@ -217,15 +217,6 @@ def test_a_fault_outside_the_engine_propagates(sr_model, monkeypatch):
     monkeypatch.setattr(enhancer, "enhance_batch", broken)
     with pytest.raises(RuntimeError, match="a bug"):
         adapter.make_infer_func(enhancer)([request(photo())])
-
-
-def webp_ending_in_nul() -> bytes:
-    """A lossless WebP whose RIFF chunk ends in its NUL pad byte (odd-sized payload)."""
-    for width in range(8, 64):
-        data = encode(Image.fromarray(photo_array(width, 7)), "WEBP", lossless=True)
-        if data.endswith(b"\x00"):
-            return data
-    raise AssertionError("no WebP with a pad byte found")
 
 
 def test_trailing_nul_bytes_survive(infer):

@@ -163,17 +163,12 @@ def parse_options(
                 )
         kwargs["tile"] = tile
 
-    if "strength" in text:
-        strength = float(_number("strength", text["strength"], float))
-        if not 0.0 <= strength <= 1.0:
-            raise OptionError("strength", f"{text['strength'][:40]} is out of range: use 0 to 1")
-        kwargs["strength"] = strength
-
-    if "denoise" in text:
-        denoise = float(_number("denoise", text["denoise"], float))
-        if not 0.0 <= denoise <= 1.0:
-            raise OptionError("denoise", f"{text['denoise'][:40]} is out of range: use 0 to 1")
-        kwargs["denoise"] = denoise
+    for name in ("strength", "denoise"):  # fractions: 0 to 1
+        if name in text:
+            value = float(_number(name, text[name], float))
+            if not 0.0 <= value <= 1.0:
+                raise OptionError(name, f"{text[name][:40]} is out of range: use 0 to 1")
+            kwargs[name] = value
 
     if "level" in text:
         level = int(_number("level", text["level"], int))
