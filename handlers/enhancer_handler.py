@@ -75,6 +75,11 @@ class EnhancerHandler(BaseHandler):
             logger.info("%d request(s) enhanced in %.0f ms", len(jobs), elapsed_ms)
         return data
 
+    def describe_handle(self):
+        """What ``GET /models/enhancer?customized=true`` shows as ``customizedMetadata``: the
+        worker's cost estimator (calibrated throughput, card, limits), for the page's queue."""
+        return self.door.describe(self.enhancer)
+
     def postprocess(self, data):
         """Encode each result, or answer its error, setting the per-request status and type."""
         responses = []

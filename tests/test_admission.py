@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from enhancer.admission import Throughput, largest_scale, work
+from enhancer.admission import Estimator, Throughput, largest_scale, work
 from enhancer.engine import Enhancer
 from enhancer.errors import Busy, TooMuchWork
 from enhancer.settings import EnhancerSettings
@@ -202,3 +202,41 @@ def test_restoring_passes_are_counted_and_auto_scale_stays_in_the_budget(engine,
     # auto wants 6x for a 200 px short side; the budget admits 2x (test above): auto says 2
     job = engine.prepare(data, {"scale": "auto"})
     assert job.options.scale == 2.0 and job.estimate <= 0.2
+
+
+def test_the_page_gets_the_one_estimator_and_prices_as_the_worker_does(model_dir, photo):
+    """The worker publishes its estimator (describe_handle, as TorchServe's
+    ``GET /models/enhancer?customized=true`` shows it); rebuilt from that JSON it gives the very
+    estimates the worker admits with, for raw options as the page holds them."""
+    handler = load_handler_class()()
+    context = FakeContext(model_dir, {"backend": "torchscript", "time_budget_share": 0.25})
+    context.model_yaml_config["responseTimeout"] = 8
+    handler.initialize(context)
+    engine = handler.enhancer
+    engine.throughput = Throughput(2e-6, 3e-7, "torchscript", "cpu")
+    published = json.loads(handler.describe_handle())["estimator"]
+    estimator = Estimator.from_json(json.loads(json.dumps(published)))
+    assert estimator == engine.estimator()
+    cases = [
+        ({"scale": "3"}, (3.0, None, 1, False)),
+        ({"scale": "2", "level": "2", "enhance_first": "yes"}, (2.0, None, 2, True)),
+        ({"scale": "4", "tile": "64"}, (4.0, 64, 1, False)),
+        ({}, (2.0, None, 1, False)),
+    ]
+    for options, (scale, tile, level, first) in cases:
+        want = engine.estimate(300, 200, scale, tile, level, first)
+        assert estimator.request_seconds(300, 200, options) == pytest.approx(want, rel=1e-12)
+    # scale=auto: priced at the factor the worker picks (lowered to fit its 2 s budget)
+    job = engine.prepare(to_bytes(photo(120, 90)), {"scale": "auto"})
+    assert estimator.request_seconds(120, 90, {"scale": "auto"}) == pytest.approx(job.estimate)
+    # what the worker refuses as a bad option has no price
+    assert estimator.request_seconds(300, 200, {"scale": "nine"}) is None
+    assert estimator.request_seconds(300, 200, {"scale": "80"}) is None
+    with pytest.raises(ValueError):
+        Estimator.from_json({"throughput": {}})
+
+
+def test_a_worker_without_admission_publishes_no_estimator(model_dir):
+    handler = load_handler_class()()
+    handler.initialize(FakeContext(model_dir, {"time_budget_share": 0.0}))
+    assert json.loads(handler.describe_handle()) == {"estimator": None}

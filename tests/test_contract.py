@@ -19,6 +19,8 @@ TORCH_FREE = (
     "enhancer.settings",
     "enhancer.options",
     "enhancer.passes",
+    "enhancer.windows",
+    "enhancer.admission",
     "enhancer.client",
     "frontend",
 )

@@ -16,17 +16,27 @@ request's time and refuses what does not fit:
 
 The budget is ``responseTimeout`` times ``time_budget_share`` (0.5 by default: an admitted request
 still finishes when the machine runs it twice as slowly as it did at calibration).
+
+``Estimator`` is the one place that prices a request: the worker's throughput with the model's
+card, its default tile and its limits. The engine admits with it, and publishes it as JSON
+(``Estimator.to_json``, answered by TorchServe's ``GET /models/enhancer?customized=true``, see
+``enhancer.serving.torchserve.describe``) so that the page prices the uploads it holds with the
+very same arithmetic (``Estimator.from_json``), to say how long each will wait. Torch-free.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from enhancer.card import ModelCard
-from enhancer.passes import plan_passes
-from enhancer.tiling import tile_shape, window_starts
+from enhancer.errors import EnhanceError
+from enhancer.options import Options, parse_options
+from enhancer.passes import auto_scale, plan_passes
+from enhancer.settings import EnhancerSettings
+from enhancer.windows import tile_shape, window_starts
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,3 +113,109 @@ def largest_scale(fits: Callable[[float], bool], below: float) -> float | None:
         else:
             high = middle - 1
     return low / 100
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimator:
+    """What a request costs on one worker: its measured ``throughput``, its model's ``card`` and
+    default ``tile``, its time ``budget`` (None: no admission by cost) and the limits that bound a
+    request's scale (``max_scale``, ``max_output_pixels``, ``max_tile``)."""
+
+    throughput: Throughput
+    card: ModelCard
+    tile: int
+    budget: float | None = None
+    max_scale: float = 8.0
+    max_output_pixels: int = 8192 * 8192
+    max_tile: int = 1024
+
+    def seconds(
+        self,
+        width: int,
+        height: int,
+        scale: float,
+        tile: int | None = None,
+        level: int = 1,
+        enhance_first: bool = False,
+    ) -> float:
+        """Seconds enhancing a ``width`` x ``height`` image ``scale`` times should take."""
+        plan = {"level": level, "enhance_first": enhance_first}
+        return self.throughput.seconds(
+            work(width, height, scale, self.card, tile or self.tile, **plan)
+        )
+
+    def fit_scale(self, width: int, height: int, scale: int, options: Options) -> int:
+        """``scale`` (a whole factor, ``scale=auto``'s choice), lowered by whole steps until the
+        request fits the budget (1 at least)."""
+        if self.budget is None:
+            return scale
+        tile, level, first = options.tile or self.tile, options.level, options.enhance_first
+        while scale > 1 and self.seconds(width, height, scale, tile, level, first) > self.budget:
+            scale -= 1
+        return scale
+
+    def request_seconds(
+        self, width: int, height: int, raw_options: Mapping[str, object]
+    ) -> float | None:
+        """The estimate for a request with these raw options (as sent: strings), or None when
+        they are not valid (the worker refuses those with a 400 before any work). ``scale=auto``
+        is priced at the factor auto picks within the pixel cap and the budget; the output
+        format's own side limit is not looked at (it only lowers the factor of huge images)."""
+        settings = EnhancerSettings(
+            max_scale=self.max_scale,
+            max_output_pixels=self.max_output_pixels,
+            max_tile=self.max_tile,
+        )
+        try:
+            options = parse_options(raw_options, self.card, settings)
+        except EnhanceError:  # an OptionError
+            return None
+        scale = options.scale
+        if options.scale_auto:
+            scale = auto_scale(
+                width, height, max_scale=self.max_scale, max_output_pixels=self.max_output_pixels
+            )
+            scale = self.fit_scale(width, height, scale, options)
+        tile = options.tile or self.tile
+        return self.seconds(width, height, scale, tile, options.level, options.enhance_first)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready data that ``from_json`` turns back into an equal Estimator."""
+        card = self.card.to_dict()
+        return {
+            "throughput": dataclasses.asdict(self.throughput),
+            "card": {key: card[key] for key in _CARD_FIELDS},
+            "tile": self.tile,
+            "budget": self.budget,
+            "max_scale": self.max_scale,
+            "max_output_pixels": self.max_output_pixels,
+            "max_tile": self.max_tile,
+        }
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Estimator:
+        """The Estimator ``to_json`` described.
+
+        Raises:
+            ValueError: ``data`` is not what ``to_json`` writes.
+        """
+        try:
+            throughput = Throughput(**data["throughput"])
+            if min(throughput.model_seconds_per_pixel, throughput.other_seconds_per_pixel) < 0:
+                raise ValueError("negative seconds per pixel")
+            budget = data["budget"]
+            return cls(
+                throughput=throughput,
+                card=ModelCard.from_dict(dict(data["card"])),
+                tile=int(data["tile"]),
+                budget=None if budget is None else float(budget),
+                max_scale=float(data["max_scale"]),
+                max_output_pixels=int(data["max_output_pixels"]),
+                max_tile=int(data["max_tile"]),
+            )
+        except (KeyError, TypeError, AttributeError) as error:
+            raise ValueError(f"not an estimator's description: {error!r}") from None
+
+
+_CARD_FIELDS = ("name", "version", "scale", "multiple", "tile", "overlap", "dtypes", "sha256")
+_CARD_FIELDS += ("dynamic",)

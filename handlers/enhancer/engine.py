@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from enhancer.admission import Throughput, largest_scale, work
+from enhancer.admission import Estimator, Throughput, largest_scale, work
 from enhancer.card import ModelCard
 from enhancer.compare import compare_size, side_by_side
 from enhancer.contract import SCALE_USED_HEADER
@@ -259,11 +259,7 @@ class Enhancer:
         )
         if self.budget is None or self.throughput is None:
             return scale
-        tile = options.tile or self.tile
-        level, first = options.level, options.enhance_first
-        while scale > 1 and self.estimate(width, height, scale, tile, level, first) > self.budget:
-            scale -= 1
-        return scale
+        return self.estimator().fit_scale(width, height, scale, options)
 
     def _denoise_level(self, options: Options) -> float | None:
         """The precomputed level a request runs at, or None for an engine of one model."""
@@ -382,11 +378,25 @@ class Enhancer:
         Raises:
             RuntimeError: the engine was not calibrated (``admit_within``, ``calibrate``).
         """
+        return self.estimator().seconds(width, height, scale, tile, level, enhance_first)
+
+    def estimator(self) -> Estimator:
+        """The one estimator of this engine's costs (admission.py), as the page gets it too
+        (``Estimator.to_json``).
+
+        Raises:
+            RuntimeError: the engine was not calibrated (``admit_within``, ``calibrate``).
+        """
         if self.throughput is None:
             raise RuntimeError("estimate() needs a throughput: call admit_within() first")
-        plan = {"level": level, "enhance_first": enhance_first}
-        return self.throughput.seconds(
-            work(width, height, scale, self.card, tile or self.tile, **plan)
+        return Estimator(
+            self.throughput,
+            self.card,
+            self.tile,
+            self.budget,
+            max_scale=self.settings.max_scale,
+            max_output_pixels=self.settings.max_output_pixels,
+            max_tile=self.settings.max_tile,
         )
 
     def _check_cost(self, size: tuple[int, int], options: Options) -> float | None:

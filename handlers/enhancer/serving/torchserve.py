@@ -8,6 +8,7 @@ the contract's prefix. It also says which GPU (if any) the worker owns. Nothing 
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -73,6 +74,15 @@ def load_engine(context: Any) -> tuple[Enhancer, EnhancerSettings, torch.device]
             timeout,
         )
     return engine, settings, device
+
+
+def describe(engine: Enhancer) -> str:
+    """What the worker says of itself to ``GET /models/enhancer?customized=true`` (TorchServe's
+    management API hands it on as the version's ``customizedMetadata``): its cost estimator
+    (``enhancer.admission.Estimator.to_json``: calibrated throughput, card, tile, budget, limits),
+    or null when it does not admit by cost. The page prices the uploads it holds with it."""
+    estimator = engine.estimator().to_json() if engine.throughput is not None else None
+    return json.dumps({"estimator": estimator})
 
 
 def split_request(
