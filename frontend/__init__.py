@@ -18,10 +18,12 @@ from flask import Flask
 from enhancer.client import TorchServeClient
 from enhancer.contract import MODEL_NAME
 from frontend import views
+from frontend.queue import Ledger, WorkerCosts
 from frontend.ratelimit import RateLimiter
 from frontend.security import InMemoryRequest, check_upload_limits
 
 REPO = Path(__file__).resolve().parent.parent
+QUEUE_FILE = "page_queue.json"
 
 
 def create_app(test_config: dict | None = None) -> Flask:
@@ -54,6 +56,11 @@ def create_app(test_config: dict | None = None) -> Flask:
         # RATE_LIMIT_PER_MINUTE a minute, per gunicorn worker; 0 a minute turns it off.
         RATE_LIMIT_PER_MINUTE=60,
         RATE_LIMIT_BURST=30,
+        # The queue of uploads sent to TorchServe (frontend/queue.py), shared by the page's
+        # processes in this file; None: page_queue.json beside KEY_FILE (one queue per
+        # TorchServe). The worker's cost estimator is asked for again after COSTS_TTL seconds.
+        QUEUE_FILE=None,
+        COSTS_TTL=300.0,
     )
     if test_config is None:
         app.config.from_prefixed_env()
@@ -65,6 +72,13 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.extensions["torchserve"] = TorchServeClient.from_config(app.config)
     app.extensions["rate_limit"] = RateLimiter(
         app.config["RATE_LIMIT_PER_MINUTE"], app.config["RATE_LIMIT_BURST"]
+    )
+    queue_file = app.config["QUEUE_FILE"] or Path(app.config["KEY_FILE"]).parent / QUEUE_FILE
+    # a ticket lives at most two sends (the worker-death retry), each its connect and read time
+    most = 2 * (float(app.config["CONNECT_TIMEOUT"]) + float(app.config["READ_TIMEOUT"])) + 10
+    app.extensions["queue"] = Ledger(queue_file, max_age=most)
+    app.extensions["worker_costs"] = WorkerCosts(
+        app.extensions["torchserve"], ttl=float(app.config["COSTS_TTL"])
     )
     app.register_blueprint(views.bp)
     return app

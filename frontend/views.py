@@ -7,8 +7,10 @@ TorchServe's address, its keys, or its management and metrics ports. What a requ
 
 from __future__ import annotations
 
+import io
 import logging
 import re
+import uuid
 
 from flask import (
     Blueprint,
@@ -41,6 +43,7 @@ from enhancer.contract import (
     is_allowed_image,
     sniff_format,
 )
+from frontend.queue import Ledger, Refusal, WorkerCosts
 from frontend.security import SECURITY_HEADERS, BodyTooLarge, cross_site
 
 logger = logging.getLogger(__name__)
@@ -51,6 +54,9 @@ IMAGE_FIELD = "image"
 # Option values are numbers or format names; the handler checks their ranges. This keeps anything
 # else (header injection, long strings) from going on to TorchServe as a header.
 _OPTION_VALUE = re.compile(r"[A-Za-z0-9.+-]{1,16}")
+# The browser names each upload with a ticket (this header) to ask GET /queue where it stands.
+TICKET_HEADER = "X-Queue-Ticket"
+_TICKET = re.compile(r"[A-Za-z0-9_-]{8,64}")
 # The scales the page offers; the API takes any value from 1 to 8, or "auto".
 SCALES = (SCALE_AUTO, 1, 1.5, 2, 3, 4, 6, 8)
 # How the page names the contract's metadata modes in its menu.
@@ -179,6 +185,8 @@ def index():
     page_config = {
         "enhanceUrl": url_for("main.enhance"),
         "healthUrl": url_for("main.health"),
+        "queueUrl": url_for("main.queue"),
+        "ticketHeader": TICKET_HEADER,
         "maxBytes": limit,
         "maxText": _megabytes(limit),
         "accepted": ALLOWED_TEXT,
@@ -260,12 +268,28 @@ def enhance():
         options["format"] = "png"  # auto would answer a TIFF, which no browser shows
     if FORMAT_ALIASES.get(options.get("format", ""), options.get("format")) in BROWSER_UNSHOWN:
         abort(400, "The page shows every result: ask for PNG, JPEG, WebP or AVIF.")
+    # Its place in the page's queue to TorchServe, or busy at once when it would wait longer
+    # than the page waits (frontend/queue.py).
+    ticket = request.headers.get(TICKET_HEADER, "")
+    ticket = ticket if _TICKET.fullmatch(ticket) else uuid.uuid4().hex
+    estimator, workers = _costs().get()
+    estimate = None
+    if estimator is not None:
+        size = _image_size(data)
+        estimate = size and estimator.request_seconds(*size, options)
+    limit = float(current_app.config["READ_TIMEOUT"])
+    refusal = _ledger().admit(ticket, estimate, workers, limit)
+    if refusal is not None:
+        logger.info("answered busy at once: %s", refusal.message)
+        return busy_response(refusal)
     try:
         result = _client().enhance(data, options)
     except TorchServeError as error:
         return error_response(
             error.status, error.kind, error.message, error.retry_after, error.extra
         )
+    finally:
+        _ledger().release(ticket)
 
     def stream():
         try:
@@ -288,11 +312,76 @@ def enhance():
     return Response(stream(), headers=headers, direct_passthrough=True)
 
 
+@bp.get("/queue")
+def queue():
+    """Where the uploads the page has sent to TorchServe stand: how many are in flight, the
+    estimated seconds of work they hold (on the worker count), the page's limit, and, for
+    ``?ticket=<id>`` (the browser's ``X-Queue-Ticket``), that upload's place, whether its turn has
+    come, and its expected seconds until the answer. The ticket is null until the upload has
+    arrived whole, and again once its answer is back."""
+    estimator, workers = _costs().get()
+    slots, ahead = _ledger().state(workers)
+    wanted = request.args.get("ticket", "")
+    mine = next((slot for slot in slots if slot.ticket.id == wanted), None)
+    report: dict[str, object] = {
+        "in_flight": len(slots),
+        "workers": workers,
+        "work_ahead": round(ahead, 1) if estimator is not None else None,
+        "limit": float(current_app.config["READ_TIMEOUT"]),
+        "ticket": None,
+    }
+    if mine is not None:
+        report["ticket"] = {
+            "place": mine.place,
+            "of": len(slots),
+            "running": mine.running,
+            "wait": None if mine.wait is None else round(mine.wait, 1),
+            "estimate": mine.ticket.estimate and round(mine.ticket.estimate, 1),
+        }
+    return jsonify(report)
+
+
+def busy_response(refusal: Refusal) -> Response:
+    """503 ServiceBusy with Retry-After for an upload that would wait longer than the page does;
+    the body adds ``expected_wait`` and ``limit`` (seconds) to the message that says both."""
+    return error_response(
+        503,
+        "ServiceBusy",
+        refusal.message,
+        retry_after=refusal.retry_after,
+        extra={
+            "expected_wait": round(refusal.wait, 1),
+            "limit": refusal.limit,
+            "in_flight": refusal.in_flight,
+        },
+    )
+
+
 @bp.get("/health")
 def health():
     """Report whether TorchServe and the model are ready (200), or what is wrong (503)."""
     ready, report = _client().health()
     return jsonify(report), 200 if ready else 503
+
+
+def _ledger() -> Ledger:
+    return current_app.extensions["queue"]
+
+
+def _costs() -> WorkerCosts:
+    return current_app.extensions["worker_costs"]
+
+
+def _image_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from the image's header, as the worker reads it (before orientation), or
+    None when Pillow cannot tell (the worker decides about such an image itself)."""
+    from PIL import Image  # only here: the page's other routes need no imaging
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.size
+    except Exception:  # any decoder's error: the size is unknown, nothing more
+        return None
 
 
 def _options() -> dict[str, str]:

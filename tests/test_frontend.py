@@ -73,6 +73,8 @@ class StubTorchServe:
         self.requests: list[tuple[str, str]] = []
         self.rotations = 0
         self.workers = ["READY"]
+        self.estimator: dict | None = None  # the worker's cost estimator, as describe_handle says
+        self.described = 0  # GET /models/enhancer?customized=true answered
         self.expired: set[str] = set()
         self.release = threading.Event()  # ends hanging answers early at close()
         self._lock = threading.Lock()
@@ -193,6 +195,10 @@ class StubTorchServe:
                     "workers": [{"id": "9000", "status": s} for s in self.workers],
                 }
             ]
+            if parse_qs(url.query).get("customized") == ["true"]:
+                with self._lock:
+                    self.described += 1
+                described[0]["customizedMetadata"] = {"estimator": self.estimator}
             return _send(handler, 200, "application/json", json.dumps(described).encode())
         if api == "management" and url.path == "/token":
             if handler.headers.get("Authorization") != f"Bearer {self.keys['API']}":
@@ -373,11 +379,12 @@ def client(app):
 
 def assert_error(response, status: int, kind: str | None = None) -> dict:
     """Check that the response is a JSON error {"code", "type", "message"} (a 413 may add
-    "max_scale"); return the body."""
+    "max_scale", a 503 the page's queue figures); return the body."""
     assert response.status_code == status, response.get_data(as_text=True)
     assert response.mimetype == "application/json"
     body = response.get_json()
-    assert set(body) - ({"max_scale"} if status == 413 else set()) == {"code", "type", "message"}
+    extra = {413: {"max_scale"}, 503: {"expected_wait", "limit", "in_flight"}}.get(status, set())
+    assert set(body) - extra == {"code", "type", "message"}
     assert body["code"] == status
     if kind is not None:
         assert body["type"] == kind
@@ -1252,6 +1259,7 @@ def test_only_the_documented_routes_exist(app):
         ("/", ("GET",)),
         ("/enhance", ("POST",)),
         ("/health", ("GET",)),
+        ("/queue", ("GET",)),
         ("/static/<path:filename>", ("GET",)),
     }
 
@@ -1392,3 +1400,143 @@ def test_rate_limiter_refills_and_forgets():
     for worker in workers:
         worker.join()
     assert sum(threads_ok) == 50  # exactly the burst, across threads
+
+
+# -- the page's queue: place, expected wait, busy at once (frontend/queue.py) ---------------------
+
+# A worker's estimator as its describe_handle publishes it (enhancer.admission.Estimator.to_json),
+# with a throughput made up for the test: the estimates follow from it, not from this machine.
+ESTIMATOR_CARD = {
+    "name": "stand-in",
+    "version": "test",
+    "scale": 2,
+    "multiple": 1,
+    "tile": 32,
+    "overlap": 4,
+    "dtypes": ["float32"],
+    "sha256": "0" * 64,
+    "dynamic": True,
+}
+
+
+def stand_in_estimator(model_seconds_per_pixel: float) -> dict:
+    from enhancer.admission import Estimator, Throughput
+    from enhancer.card import ModelCard
+
+    card = ModelCard.from_dict(ESTIMATOR_CARD)
+    throughput = Throughput(model_seconds_per_pixel, 0.0, "torchscript", "cpu")
+    return Estimator(throughput, card, 32, budget=1000.0).to_json()
+
+
+def slowed(stub):
+    """Make the stub's worker slow: each prediction waits until the test releases it."""
+    gate = threading.Event()
+
+    def answer(body, headers):
+        gate.wait(60)
+        return enhance_like_handler(body, headers)
+
+    stub.answer = answer
+    return gate
+
+
+def test_an_upload_that_would_wait_past_the_read_timeout_is_busy_at_once(make_app, stub):
+    """Two uploads of about 40 s each (by the worker's published estimator) are in flight on a
+    slowed worker; the page waits at most 100 s, so a third, expected to wait about 120 s, is
+    answered 503 ServiceBusy at once, saying the expected wait and the limit, with Retry-After.
+    The browser's tickets show the places and expected waits meanwhile."""
+    from enhancer.admission import Estimator
+
+    data = image_bytes(40, 30)
+    estimator = stand_in_estimator(1.0)
+    each = Estimator.from_json(estimator).request_seconds(40, 30, {"scale": "2"})
+    stub.estimator = stand_in_estimator(40.0 / each)  # about 40 s per upload
+    app = make_app(READ_TIMEOUT=100.0)
+    gate = slowed(stub)
+    answers = {}
+
+    def send(ticket):
+        answers[ticket] = upload(
+            app.test_client(), data, scale="2", headers={"X-Queue-Ticket": ticket}
+        )
+
+    threads = []
+    try:
+        for ticket in ("first-ticket", "second-ticket"):
+            threads.append(threading.Thread(target=send, args=(ticket,)))
+            threads[-1].start()
+            deadline = time.monotonic() + 30
+            while len(stub.predictions) < len(threads) and time.monotonic() < deadline:
+                time.sleep(0.02)
+        assert len(stub.predictions) == 2
+
+        client = app.test_client()
+        state = client.get("/queue?ticket=second-ticket").get_json()
+        assert state["in_flight"] == 2 and state["limit"] == 100.0
+        assert 60 < state["work_ahead"] <= 80  # what a new upload waits before its turn
+        mine = state["ticket"]
+        assert mine["place"] == 2 and mine["of"] == 2 and not mine["running"]
+        assert 60 < mine["wait"] <= 80 and mine["estimate"] == pytest.approx(40, abs=0.1)
+        first = client.get("/queue?ticket=first-ticket").get_json()["ticket"]
+        assert first["place"] == 1 and first["running"] and 20 < first["wait"] <= 40
+        assert client.get("/queue?ticket=nobody-here").get_json()["ticket"] is None
+
+        started = time.monotonic()
+        refused = upload(client, data, scale="2", headers={"X-Queue-Ticket": "third-ticket"})
+        assert time.monotonic() - started < 5  # at once, not after 100 s
+        body = assert_error(refused, 503, "ServiceBusy")
+        assert 100 < body["expected_wait"] <= 120 and body["limit"] == 100.0
+        assert body["in_flight"] == 2
+        assert f"would wait about {body['expected_wait']:.0f} s" in body["message"]
+        assert "the page waits at most 100 s" in body["message"]
+        retry_after = int(refused.headers["Retry-After"])
+        assert 1 <= retry_after <= 20
+        assert f"Try again in {retry_after} s." in body["message"]
+        assert len(stub.predictions) == 2  # never sent to TorchServe
+        assert client.get("/queue").get_json()["in_flight"] == 2  # the refused one took no place
+    finally:
+        gate.set()
+        for thread in threads:
+            thread.join(60)
+    assert [answers[t].status_code for t in ("first-ticket", "second-ticket")] == [200, 200]
+    after = app.test_client().get("/queue").get_json()
+    assert after["in_flight"] == 0 and after["work_ahead"] == 0
+    assert upload(app.test_client(), data, scale="2").status_code == 200
+    assert stub.described == 1  # the estimator is asked for once and kept
+
+
+def test_without_an_estimator_uploads_are_never_refused_and_places_still_show(make_app, stub):
+    """A worker that publishes no estimator (admission by cost off): the page cannot price, so
+    it refuses nothing itself; it still counts places."""
+    app = make_app(READ_TIMEOUT=1.0)
+    gate = slowed(stub)
+    thread = threading.Thread(
+        target=upload,
+        args=(app.test_client(), image_bytes()),
+        kwargs={"headers": {"X-Queue-Ticket": "only-ticket"}},
+    )
+    thread.start()
+    try:
+        deadline = time.monotonic() + 30
+        while not stub.predictions and time.monotonic() < deadline:
+            time.sleep(0.02)
+        state = app.test_client().get("/queue?ticket=only-ticket").get_json()
+        assert state["work_ahead"] is None
+        assert state["ticket"] == {
+            "place": 1,
+            "of": 1,
+            "running": True,
+            "wait": None,
+            "estimate": None,
+        }
+    finally:
+        gate.set()
+        thread.join(30)
+
+
+def test_a_bad_ticket_is_replaced_and_the_queue_file_sits_beside_the_key_file(make_app, stub):
+    app = make_app()
+    response = upload(app.test_client(), image_bytes(), headers={"X-Queue-Ticket": "<script>"})
+    assert response.status_code == 200
+    queue_file = stub.key_file.parent / "page_queue.json"
+    assert json.loads(queue_file.read_text())["tickets"] == []

@@ -398,6 +398,51 @@ class TorchServeClient:
         described = described[0] if isinstance(described, list) and described else described
         return described if isinstance(described, dict) else {}
 
+    def describe_costs(self) -> tuple[dict | None, int]:
+        """The worker's cost estimator and how many workers serve the model.
+
+        ``GET /models/<name>?customized=true``: TorchServe asks a worker (the handler's
+        ``describe_handle``; it waits its turn in the model's queue) and hands on its answer as
+        ``customizedMetadata``: ``{"estimator": ...}`` (``enhancer.admission.Estimator.to_json``).
+
+        Returns:
+            (the estimator's JSON, or None when the worker publishes none, the count of workers,
+            at least 1).
+
+        Raises:
+            TorchServeError: TorchServe is down, timed out, or answered without a description.
+        """
+        response = self.call(
+            "GET",
+            f"{self.management_url}/models/{self.model_name}",
+            "management",
+            timeout=(self.connect_timeout, self.status_timeout),
+            params={"customized": "true"},
+        )
+        if response.status_code != 200:
+            kind, message = _body(response)
+            raise TorchServeError(
+                503,
+                kind or "ServiceUnavailable",
+                message or f"the management API answered {response.status_code}",
+            )
+        try:
+            described = response.json()
+        except ValueError:
+            raise TorchServeError(502, "BadGateway", "the management API sent no JSON") from None
+        version = described[0] if isinstance(described, list) and described else described
+        if not isinstance(version, dict):
+            raise TorchServeError(502, "BadGateway", "the management API sent no description")
+        metadata = version.get("customizedMetadata")
+        if isinstance(metadata, str):
+            try:
+                metadata = json.loads(metadata)
+            except ValueError:
+                metadata = None
+        estimator = metadata.get("estimator") if isinstance(metadata, dict) else None
+        workers = max(1, len(worker_statuses(version)))
+        return (estimator if isinstance(estimator, dict) else None), workers
+
     def ready(self) -> bool:
         """Whether the model has a READY worker (any failure counts as not ready)."""
         try:
