@@ -813,3 +813,150 @@ def test_page_script_start_status_stop(tmp_path, monkeypatch, torchserve):
     assert page_cli.main(["status"]) == 1
     with pytest.raises(requests.ConnectionError):
         requests.get(f"http://127.0.0.1:{port}/health", timeout=5)
+
+
+# -- busy, said honestly: the page's queue (frontend/queue.py) -------------------------------------
+
+QUEUED = 4  # uploads in flight when the late one comes
+
+
+@dataclass
+class QueueSizes:
+    """Photos sized by the session worker's own calibration (its published estimator): ``small``
+    (about ``small_s`` seconds each at 2x) and ``late`` (about ``late_s`` at 4x), and the page's
+    read timeout ``limit``: the late photo fits it alone, with room, but not behind QUEUED small
+    ones while at least half of their work is still ahead."""
+
+    small: tuple[int, int]
+    small_s: float
+    late: tuple[int, int]
+    late_s: float
+    limit: float
+
+
+@pytest.fixture(scope="module")
+def queue_sizes(torchserve) -> QueueSizes:
+    from enhancer.admission import Estimator
+    from enhancer.client import TorchServeClient
+
+    client = TorchServeClient(
+        torchserve.inference_url,
+        torchserve.management_url,
+        key_file=torchserve.workdir / "key_file.json",
+        status_timeout=60,
+    )
+    described, workers = client.describe_costs()
+    assert described is not None and workers == 1
+    estimator = Estimator.from_json(described)
+
+    def grow(scale: str, seconds: float, cap: int) -> tuple[tuple[int, int], float]:
+        width, height = 160, 120
+        while (cost := estimator.request_seconds(width, height, {"scale": scale})) < seconds:
+            if width * height * float(scale) ** 2 * 1.21 > cap:
+                pytest.skip(f"this worker is too fast for {seconds:.0f} s photos within the caps")
+            width, height = int(width * 1.1), int(height * 1.1)
+        return (width, height), cost
+
+    cap = estimator.max_output_pixels // 2
+    small, small_s = grow("2", 3.0, cap)
+    late, late_s = grow("4", 4 * QUEUED * small_s, cap)
+    return QueueSizes(small, small_s, late, late_s, limit=late_s + QUEUED * small_s / 2)
+
+
+def test_uploads_queue_with_their_places_and_a_late_one_is_busy_at_once(
+    torchserve, queue_sizes, photo, tmp_path
+):
+    """QUEUED photos sent at once through the page (gunicorn, 2 processes) to the real worker take
+    places 1..QUEUED with expected waits; a late photo that fits the page's read timeout alone but
+    not behind them is answered 503 ServiceBusy at once, saying its expected wait and the limit,
+    and never reaches TorchServe; the queued ones are all enhanced."""
+    sizes = queue_sizes
+    page = start_page(
+        torchserve, tmp_path / "page", READ_TIMEOUT=round(sizes.limit, 1), RATE_LIMIT_PER_MINUTE=0
+    )
+    small = [encoded(photo(*sizes.small, seed=k)) for k in range(QUEUED)]
+    late = encoded(photo(*sizes.late, seed=9))
+    answers: dict[int, requests.Response] = {}
+
+    def send(k: int) -> None:
+        answers[k] = requests.post(
+            f"{page.url}/enhance",
+            files={"image": ("p.png", small[k], "image/png")},
+            data={"scale": "2"},
+            headers={"X-Queue-Ticket": f"small-ticket-{k}"},
+            timeout=sizes.limit + 60,
+        )
+
+    threads = [threading.Thread(target=send, args=(k,)) for k in range(QUEUED)]
+    try:
+        started = time.monotonic()
+        for thread in threads:
+            thread.start()
+        deadline = started + 60
+        while time.monotonic() < deadline:
+            state = requests.get(f"{page.url}/queue", timeout=10).json()
+            if state["in_flight"] == QUEUED:
+                break
+            time.sleep(0.05)
+        assert state["in_flight"] == QUEUED, state
+        registered = time.monotonic() - started
+        places = {}
+        for k in range(QUEUED):
+            mine = requests.get(
+                f"{page.url}/queue", params={"ticket": f"small-ticket-{k}"}, timeout=10
+            ).json()["ticket"]
+            places[mine["place"]] = mine
+        assert sorted(places) == list(range(1, QUEUED + 1))
+        assert places[QUEUED]["of"] == QUEUED and not places[QUEUED]["running"]
+        assert places[QUEUED]["wait"] > places[1]["wait"]
+
+        sent = time.monotonic()
+        refused = requests.post(
+            f"{page.url}/enhance",
+            files={"image": ("late.png", late, "image/png")},
+            data={"scale": "4"},
+            timeout=60,
+        )
+        took = time.monotonic() - sent
+    finally:
+        for thread in threads:
+            thread.join(sizes.limit + 90)
+    context = f"sizes {sizes}, {registered:.1f} s to queue them, refused in {took:.1f} s"
+    assert refused.status_code == 503, (refused.text[:300], context)
+    assert took < 5, context
+    body = refused.json()
+    assert body["type"] == "ServiceBusy" and body["limit"] == round(sizes.limit, 1)
+    assert body["expected_wait"] > body["limit"] and body["in_flight"] == QUEUED
+    assert f"{QUEUED} photos ahead of it" in body["message"]
+    assert f"the page waits at most {sizes.limit:.0f} s" in body["message"]
+    assert int(refused.headers["Retry-After"]) >= 1
+    assert [answers[k].status_code for k in range(QUEUED)] == [200] * QUEUED, context
+    assert page.answered(200) == QUEUED and page.answered(503) == 1
+    assert "answered busy at once" in page.log_text()
+    assert requests.get(f"{page.url}/queue", timeout=10).json()["in_flight"] == 0
+    stop_page(page)
+
+
+def test_the_page_shows_each_uploads_place_and_expected_wait(
+    torchserve, queue_sizes, browser, photo, tmp_path
+):
+    page = start_page(torchserve, tmp_path / "page", READ_TIMEOUT=round(queue_sizes.limit, 1))
+    try:
+        browser.goto(page.url)
+        browser.locator("#service").filter(has_text="Service ready.").wait_for(timeout=30_000)
+        browser.select_option("#opt-scale", "2")
+        images = [encoded(photo(*queue_sizes.small, seed=k)) for k in range(3)]
+        drop(browser, [(f"p{k}.png", "image/png", data) for k, data in enumerate(images)])
+        # the third waits in the browser (two are sent at a time) and says so
+        browser.locator("#queue li .status-text", has_text="Waiting to upload").wait_for(
+            timeout=30_000
+        )
+        # the second sent waits behind the first in the service's queue, and says how long
+        browser.locator(
+            "#queue li .status-text",
+            has_text=re.compile(r"^Place 2 of 2 in the queue · result in about \d+ s$"),
+        ).wait_for(timeout=60_000)
+        browser.locator("#queue li[data-state=done]").nth(2).wait_for(timeout=300_000)
+        assert browser.locator("#queue li[data-state=error]").count() == 0
+    finally:
+        stop_page(page)

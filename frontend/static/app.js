@@ -267,6 +267,14 @@
 
   function refreshQueue() {
     queueEmpty.hidden = items.length > 0;
+    // Photos still on this computer: how many go before each (two are sent at a time).
+    let before = items.filter((item) => ACTIVE.has(item.state)).length;
+    for (const item of items) {
+      if (item.state !== 'queued') continue;
+      item.parts.statusText.textContent = before
+        ? `Waiting to upload (${before} photo${before === 1 ? '' : 's'} before it)` : 'Waiting';
+      before += 1;
+    }
     downloadAll.disabled = !items.some((item) => item.state === 'done');
     clearDone.disabled = !items.some((item) => item.state === 'done' || item.state === 'error');
   }
@@ -292,6 +300,9 @@
     const xhr = new XMLHttpRequest();
     item.xhr = xhr;
     xhr.open('POST', config.enhanceUrl);
+    // The ticket names this upload when asking the page where it stands in its queue.
+    item.ticket = newTicket();
+    xhr.setRequestHeader(config.ticketHeader, item.ticket);
     xhr.responseType = 'blob';
     xhr.upload.addEventListener('progress', (event) => {
       if (event.lengthComputable) {
@@ -299,7 +310,10 @@
         setStatus(item, 'uploading', `Uploading ${percent}%`, percent);
       }
     });
-    xhr.upload.addEventListener('load', () => setStatus(item, 'processing', 'Enhancing…', null));
+    xhr.upload.addEventListener('load', () => {
+      setStatus(item, 'processing', 'In the queue…', null);
+      watchQueue(item, xhr);
+    });
     xhr.addEventListener('progress', (event) => {
       if (xhr.status === 200 && event.lengthComputable) {
         const percent = Math.floor((event.loaded / event.total) * 100);
@@ -319,6 +333,41 @@
     setStatus(item, 'uploading', 'Uploading 0%', 0);
     item.started = performance.now();
     xhr.send(form);
+  }
+
+  function newTicket() {
+    const bytes = new Uint8Array(16);
+    crypto.getRandomValues(bytes);
+    return Array.from(bytes, (b) => b.toString(16).padStart(2, '0')).join('');
+  }
+
+  function seconds(value) {
+    const s = Math.max(1, Math.round(value));
+    return s < 120 ? `${s} s` : `${Math.floor(s / 60)} min ${s % 60} s`;
+  }
+
+  // While the service works on an upload, ask the page every second where it stands: its place
+  // in the queue to the service and the expected seconds until its result (GET /queue).
+  async function watchQueue(item, xhr) {
+    while (item.xhr === xhr && item.state === 'processing') {
+      let ticket = null;
+      try {
+        const answer = await fetch(`${config.queueUrl}?ticket=${encodeURIComponent(item.ticket)}`,
+          { cache: 'no-store' });
+        if (answer.ok) ticket = (await answer.json()).ticket;
+      } catch (error) {
+        ticket = null; // the answer to the upload itself will say what went wrong
+      }
+      if (item.xhr !== xhr || item.state !== 'processing') return;
+      if (ticket) setStatus(item, 'processing', queueText(ticket), null);
+      await new Promise((resolve) => { setTimeout(resolve, 1000); });
+    }
+  }
+
+  function queueText(ticket) {
+    const wait = ticket.wait === null ? '' : ` · result in about ${seconds(ticket.wait)}`;
+    if (ticket.running) return `Enhancing (place ${ticket.place} of ${ticket.of})${wait}`;
+    return `Place ${ticket.place} of ${ticket.of} in the queue${wait}`;
   }
 
   async function received(item, xhr) {
@@ -341,7 +390,11 @@
     if (later && (item.waits[type] || 0) < later.retries) {
       item.waits[type] = (item.waits[type] || 0) + 1;
       const wait = Math.min(Number(xhr.getResponseHeader('Retry-After')) || 5, 60);
-      setStatus(item, 'waiting', `${later.text}: trying again in ${wait} s…`, null);
+      // The page's own "busy" says how long this photo would have waited, and its limit.
+      const why = body && typeof body.expected_wait === 'number'
+        ? ` (about ${seconds(body.expected_wait)} expected, the page waits at most ${seconds(body.limit)})`
+        : '';
+      setStatus(item, 'waiting', `${later.text}${why}: trying again in ${wait} s…`, null);
       setTimeout(() => {
         if (item.state === 'waiting') {
           setStatus(item, 'queued', 'Waiting', null);
