@@ -133,9 +133,12 @@ def main(argv: list[str] | None = None) -> int:
 
     from pytriton.triton import Triton, TritonConfig
 
-    settings = EnhancerSettings.from_model_config(load_model_config(args.model_config))
+    yaml_config = load_model_config(args.model_config)
+    settings = EnhancerSettings.from_model_config(yaml_config)
     device = resolve_device(args.device)
     enhancer = load_enhancer(args.model, device, settings)
+    # admission by cost, as under TorchServe: a share of the same responseTimeout (413 over it)
+    enhancer.admit_by_cost(yaml_config)
     inputs, outputs = model_tensors()
     config = model_config(args.max_batch_size, round(args.batch_delay_ms * 1000), args.queue_size)
     triton_config = TritonConfig(

@@ -401,3 +401,41 @@ def test_socket_paths_that_cannot_fit_are_refused_up_front(tmp_path, monkeypatch
     monkeypatch.setattr(triton_ops.tempfile, "gettempdir", lambda: "/tmp/" + "t" * 80)
     problem = triton_ops.socket_path_problem(Path("/tmp/w"))
     assert "TMPDIR" in problem and "107-byte" in problem
+
+
+def test_admission_by_cost_is_torchserves_413_and_503(sr_model):
+    """The same admission by cost as the TorchServe handler: the budget is the same share of the
+    same responseTimeout (Enhancer.admit_by_cost, which scripts.triton_serve calls), a row over
+    it is a 413 with the estimate, the budget and max_scale, and a row that fits alone but not
+    after the rows batched before it is a 503 ServiceBusy."""
+    from enhancer.admission import Throughput
+    from enhancer.engine import Enhancer
+    from enhancer.settings import EnhancerSettings
+
+    enhancer = Enhancer.load(sr_model, settings=EnhancerSettings(time_budget_share=0.25))
+    assert enhancer.admit_by_cost({"responseTimeout": 8}) == 2.0
+    assert enhancer.throughput is not None  # calibrated on this machine, as at a worker's start
+    assert (
+        Enhancer.load(sr_model, settings=EnhancerSettings(time_budget_share=0.0)).admit_by_cost(
+            {"responseTimeout": 8}
+        )
+        is None
+    )
+    # a made-up speed from here on, so the sizes below do not depend on this machine's
+    enhancer.throughput = Throughput(1e-5, 0.0, "torchscript", "cpu")
+    infer = adapter.make_infer_func(enhancer)
+    (too_much,) = infer([request(photo(300, 200), options=[{"scale": "8"}])])
+    refused = row(too_much)
+    assert refused["status"] == 413 and refused["error"]["type"] == "PayloadTooLarge"
+    assert "over the time budget of 2 s per request" in refused["error"]["message"]
+    best = refused["error"]["max_scale"]
+    assert best is not None and 1 <= best < 8
+    assert f"the largest scale that fits this image is {best:g}" in refused["error"]["message"]
+
+    each = enhancer.estimate(200, 150, 2.0)
+    fit = int(2.0 // each)
+    assert fit >= 1
+    rows = infer([request(*[photo(200, 150)] * (fit + 1), options=[{"scale": "2"}] * (fit + 1))])
+    statuses = [row(rows[0], i)["status"] for i in range(fit + 1)]
+    assert statuses == [200] * fit + [503]
+    assert row(rows[0], fit)["error"]["type"] == "ServiceBusy"

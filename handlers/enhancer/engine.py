@@ -60,6 +60,9 @@ from enhancer.tiling import tiled_apply
 
 logger = logging.getLogger(__name__)
 
+# TorchServe's own default when model-config.yaml sets no responseTimeout (the budget's base).
+DEFAULT_RESPONSE_TIMEOUT = 120
+
 
 @dataclasses.dataclass
 class Result:
@@ -320,6 +323,30 @@ class Enhancer:
         self.throughput = throughput or self.calibrate()
         self.budget = budget
         return self.throughput
+
+    def admit_by_cost(self, model_config: Mapping[str, object] | None) -> float | None:
+        """Admission as every door applies it: calibrate, then refuse what is estimated over
+        ``time_budget_share`` of the model config's ``responseTimeout`` (TorchServe's default,
+        120 s, when it sets none); nothing when the share is 0.
+
+        Args:
+            model_config: the parsed model-config.yaml (``responseTimeout``).
+
+        Returns:
+            The budget in seconds, or None when admission by cost is off.
+        """
+        if self.settings.time_budget_share <= 0:
+            return None
+        timeout = (model_config or {}).get("responseTimeout", DEFAULT_RESPONSE_TIMEOUT)
+        budget = float(timeout) * self.settings.time_budget_share
+        self.admit_within(budget)
+        logger.info(
+            "admission by cost: a batch may take %.0f s (%g of responseTimeout %s s)",
+            budget,
+            self.settings.time_budget_share,
+            timeout,
+        )
+        return budget
 
     def calibrate(self, side: int | None = None) -> Throughput:
         """Measure this engine's own speed: a noise image of ``side`` x ``side`` (default: the
@@ -641,6 +668,8 @@ class Enhancer:
     ) -> list[Result | EnhanceError]:
         """Several requests at once, sharing model calls; each gets its result or its own error."""
         items = [self.try_prepare(data, raw_options) for data, raw_options in requests]
+        # the whole batch must end within the time budget: late jobs that would not are 503
+        items = self.admit_batch(items)
         self.run([item for item in items if isinstance(item, Job)])
         return [self.try_finish(item) for item in items]
 

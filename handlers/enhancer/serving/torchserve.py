@@ -26,8 +26,6 @@ logger = logging.getLogger(__name__)
 
 # Field names that carry the image: "data" for multipart (DESIGN 4), "body" for a raw body.
 IMAGE_FIELDS = ("data", "body")
-# TorchServe's own default when model-config.yaml sets no responseTimeout.
-DEFAULT_RESPONSE_TIMEOUT = 120
 
 
 def choose_device(system_properties: Mapping[str, Any]) -> torch.device:
@@ -63,16 +61,7 @@ def load_engine(context: Any) -> tuple[Enhancer, EnhancerSettings, torch.device]
     restore = model_dir / RESTORE_FILE
     restore = restore if restore.exists() and restore != model_path else None
     engine = Enhancer.load(model_path, device=device, settings=settings, restore_path=restore)
-    timeout = (context.model_yaml_config or {}).get("responseTimeout", DEFAULT_RESPONSE_TIMEOUT)
-    if settings.time_budget_share > 0:
-        budget = float(timeout) * settings.time_budget_share
-        engine.admit_within(budget)
-        logger.info(
-            "admission by cost: a batch may take %.0f s (%g of responseTimeout %s s)",
-            budget,
-            settings.time_budget_share,
-            timeout,
-        )
+    engine.admit_by_cost(context.model_yaml_config)
     return engine, settings, device
 
 

@@ -14,7 +14,8 @@ Model ``enhancer`` (max_batch_size: the YAML's ``batchSize``; every tensor has s
     outputs  image         BYTES  the encoded result (empty when status is not 200)
              content_type  BYTES  e.g. b"image/png" (empty on error)
              width, height INT32  the output size (0 on error)
-             status        INT32  200, or the engine's HTTP status: 400, 413, 415, 500 or 507
+             status        INT32  200, or the engine's HTTP status: 400, 413, 415, 500, 503
+                                  or 507
              error         BYTES  empty, or TorchServe's error body: {"code", "type", "message"}
              headers       BYTES  the response headers TorchServe would send besides
                                   Content-Type, as a JSON object: {"X-Enhance-Scale-Used": "4"}
@@ -31,6 +32,13 @@ dynamic batcher put beside it, and a 415 would be indistinguishable from a crash
 row carries its own status and the same JSON body TorchServe sends; an unexpected fault inside the
 engine is its row's 500 (``InternalError``), as under TorchServe. Only an exception that escapes
 the engine itself would fail a batch, with PyTriton's 500.
+
+Admission by cost is the TorchServe worker's (``Enhancer.admit_by_cost``, called by
+scripts.triton_serve with the same model-config.yaml): the engine calibrates at start, a row
+estimated over ``time_budget_share`` of ``responseTimeout`` is a 413 whose body names the estimate
+and the budget and carries ``max_scale`` (the largest scale that fits), and a row that fits alone
+but not after the rows batched before it is a 503 ``ServiceBusy``: the same statuses and messages
+as under TorchServe.
 
 Dynamic batching: requests arriving within ``maxBatchDelay`` ms are handed over together (up to
 ``batchSize``), and the engine shares their tiles' model calls, as under TorchServe; the queue holds
