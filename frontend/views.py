@@ -1,4 +1,4 @@
-"""The page's routes: the page itself, the upload endpoint and the health check.
+"""The page's routes: the page itself, the upload endpoint, its queue and the health check.
 
 Nothing here reaches TorchServe except through ``enhancer.client``; the browser never sees
 TorchServe's address, its keys, or its management and metrics ports. What a request may hold

@@ -874,6 +874,13 @@ def test_uploads_queue_with_their_places_and_a_late_one_is_busy_at_once(
     page = start_page(
         torchserve, tmp_path / "page", READ_TIMEOUT=round(sizes.limit, 1), RATE_LIMIT_PER_MINUTE=0
     )
+    try:
+        check_the_queue(torchserve, page, sizes, photo)
+    finally:
+        stop_page(page)
+
+
+def check_the_queue(ts, page: Page, sizes: QueueSizes, photo) -> None:
     small = [encoded(photo(*sizes.small, seed=k)) for k in range(QUEUED)]
     late = encoded(photo(*sizes.late, seed=9))
     answers: dict[int, requests.Response] = {}
@@ -888,6 +895,7 @@ def test_uploads_queue_with_their_places_and_a_late_one_is_busy_at_once(
         )
 
     threads = [threading.Thread(target=send, args=(k,)) for k in range(QUEUED)]
+    logged = _predictions_logged(ts)
     try:
         started = time.monotonic()
         for thread in threads:
@@ -932,9 +940,12 @@ def test_uploads_queue_with_their_places_and_a_late_one_is_busy_at_once(
     assert int(refused.headers["Retry-After"]) >= 1
     assert [answers[k].status_code for k in range(QUEUED)] == [200] * QUEUED, context
     assert page.answered(200) == QUEUED and page.answered(503) == 1
+    deadline = time.monotonic() + 10  # the access log is written as each answer goes out
+    while _predictions_logged(ts) - logged < QUEUED and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _predictions_logged(ts) - logged == QUEUED  # the late one never reached TorchServe
     assert "answered busy at once" in page.log_text()
     assert requests.get(f"{page.url}/queue", timeout=10).json()["in_flight"] == 0
-    stop_page(page)
 
 
 def test_the_page_shows_each_uploads_place_and_expected_wait(
