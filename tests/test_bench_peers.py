@@ -129,3 +129,24 @@ def test_speed_input_gives_the_same_output_size_at_each_scale(tmp_path):
     x4 = bench_peers.speed_input(path, 4, 1.0)
     assert x2.size == (576, 432) and x4.size == (288, 216)
     assert bench_peers.speed_input(path, 2, 100.0).size == (768, 512)  # the photo, no larger
+
+
+def test_gpu_bench_table():
+    from scripts.gpu_bench import markdown
+
+    rows = [
+        {
+            "precision": "bfloat16",
+            "channels_last": True,
+            "batch": 8,
+            "eager_s": 0.004,
+            "graph_s": 0.002,
+            "output_mp_per_s": 1048.6,
+            "tflops": 164.7,
+            "peak_fraction": 0.166,
+        },
+        {"precision": "float16", "batch": 32, "error": "non-finite"},
+    ]
+    lines = markdown(rows).splitlines()
+    assert lines[2] == "| bfloat16 | channels_last | 8 | 4.00 | 2.00 | 1048.6 | 164.70 | 16.6% |"
+    assert lines[3].startswith("| float16 | | 32 | non-finite |")
