@@ -551,3 +551,7 @@ def main(argv: list[str] | None = None) -> int:
         }
         args.json.write_text(json.dumps(record, indent=1))
     return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
