@@ -6,6 +6,7 @@
     .venv/bin/python -m scripts.bench --cases 1x2 4x2 --no-e2e # some cases only
     .venv/bin/python -m scripts.bench --engine-tiles 1024 --engine-precisions bfloat16
                                                      # also the engine with other tiles or dtypes
+    .venv/bin/python -m scripts.bench --peers --help  # the CPU peers (scripts/bench_peers.py)
 
 Cases: photo-like images of 1 MP (1152x864) and 4 MP (2304x1728), made in code (or ``--photo``
 resized), enlarged 2x and 4x. Two methods on the same TorchScript model:
@@ -37,6 +38,11 @@ from scripts.ops.bench import DEFAULT_CASES, run
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--peers" in argv:  # the engine against the CPU peers: its own arguments
+        from scripts.bench_peers import main as peers_main
+
+        return peers_main([a for a in argv if a != "--peers"])
     parser = argparse.ArgumentParser(
         prog="python -m scripts.bench",
         description=__doc__,
