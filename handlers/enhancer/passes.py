@@ -6,10 +6,11 @@ With a scale-2 card (and a scale-1 card, which resizes before each pass) passes 
 scale s of 3 or more (a 4x Real-ESRGAN, say) passes are of at most s: any scale up to s is one pass
 (the model enlarges s times and the result is resized down, antialiased, to the target: scale 2
 on a 4x card is one 4x pass then a downscale), 8x on a 4x card is two passes. When more than one
-pass is needed the fractional one comes first and the rest are exact s-times passes (6x on a 4x
-card: 1.5x, then 4x): the model never makes more than s times the pixels the output needs, where
-the 2x order (fraction last) would have it make s*s/2 times (the 2x plan keeps its order: the
-shipped models' outputs do not change). Restoring
+pass is needed the fractional one comes first and the rest are s-times passes (6x on a 4x card:
+1.5x, then 4x; each lands on a rounded size, so a pass may be resized by a pixel or two): the last
+pass makes no more pixels than the output needs, where the 2x order (fraction last) would have the
+model make up to s*s/2 times more (the 2x plan keeps its order: the shipped models' outputs do not
+change). Restoring
 passes (``src == dst``) can be added: ``enhance_first`` puts one at the input size before the
 enlarging passes, and ``level`` n puts n - 1 at the final size after them. How a model of scale s
 runs a restoring pass is the engine's: it enlarges s times and resizes back down (antialiased), as
@@ -106,8 +107,8 @@ def plan_passes(
     For scale-1 and scale-2 cards every enlarging pass but the last is exactly 2x; the last goes
     from wherever the others ended to the exact output size, so it is a factor in (1, 2] (or
     exactly 1 when ``scale`` is 1). For a card of scale s >= 3 the first enlarging pass is the
-    fractional one, to round(output / s**(n-1)), and every later one is s times, the last landing
-    on the exact output size.
+    fractional one, to ceil(output / s**(n-1)), and every later one is s times (to the rounded-up
+    size), the last landing on the exact output size.
     ``enhance_first`` adds a restoring pass at the input size in front (none when ``scale`` is 1:
     the one pass already restores at that size); ``level`` n adds n - 1 restoring passes at the
     output size at the end.
@@ -135,8 +136,12 @@ def plan_passes(
             size = doubled
     else:
         for k in range(count - 1, 0, -1):
+            # rounded up, so the next pass is never more than ``factor`` times (1x1 at 5x: 2, 5)
             shrink = factor**k
-            step = (max(1, round(target[0] / shrink)), max(1, round(target[1] / shrink)))
+            step = (
+                max(size[0], -(-target[0] // shrink)),
+                max(size[1], -(-target[1] // shrink)),
+            )
             passes.append(Pass(size, step))
             size = step
     passes.append(Pass(size, target))
