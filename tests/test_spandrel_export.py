@@ -340,3 +340,34 @@ def test_a_4x_export_archives_and_serves_through_the_handler(tmp_path, photo_rgb
     assert served.size == (76 * 4, 52 * 4)
     direct = Enhancer.load(model).enhance(data, {"scale": "4", "format": "png"})
     assert np.array_equal(np.asarray(served), np.asarray(open_bytes(direct.data)))
+
+
+@pytest.mark.e2e
+def test_a_4x_export_serves_on_torchserve(tmp_path, photo_rgb):
+    """The exported card behind a real TorchServe: 4x in one pass, 2x from the same model."""
+    import requests
+
+    from tests.helpers.servers import start_torchserve, stop_torchserve
+
+    pth = save(compact(4), tmp_path / "x4.pth")
+    model = tmp_path / "byom" / "mine.pt"
+    assert run_export(pth, model, tile=32) == 0
+    ts = start_torchserve(model, tmp_path / "ts")
+    try:
+        data = to_bytes(photo_rgb)
+        direct = Enhancer.load(model)
+        for scale in (4, 2):
+            answer = requests.post(
+                ts.predictions_url,
+                files={"data": data},
+                data={"scale": str(scale), "format": "png"},
+                headers=ts.auth(),
+                timeout=120,
+            )
+            assert answer.status_code == 200, answer.text
+            served = open_bytes(answer.content)
+            assert served.size == (76 * scale, 52 * scale)
+            want = direct.enhance(data, {"scale": str(scale), "format": "png"})
+            assert np.array_equal(np.asarray(served), np.asarray(open_bytes(want.data)))
+    finally:
+        stop_torchserve(ts)
