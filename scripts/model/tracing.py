@@ -210,9 +210,11 @@ def model_facts(model: torch.nn.Module, arch: str, tile: int) -> tuple[int, int,
 
 def check_spandrel_geometry(model: SpandrelModel, tile: int) -> None:
     """Verify the scale and multiple spandrel reports on the eager model: two sizes that are
-    multiples (the smallest and a non-square one) give exactly ``scale`` times their size."""
+    multiples (a square of at least 16 pixels, the smallest window an overlap of 8 allows, and a
+    non-square one) give exactly ``scale`` times their size."""
     m = model.multiple
-    for h, w in ((m, m), (2 * m, 3 * m)):
+    side = -(-16 // m) * m
+    for h, w in ((side, side), (side, side + m)):
         try:
             with torch.no_grad():
                 out = model(torch.rand(1, 3, h, w))
