@@ -26,8 +26,8 @@ A spandrel model is checked to be an RGB image-to-image model (3 channels in and
 3, 4 or 8; face-restoration and inpainting models are refused, naming why) and its scale and
 multiple (spandrel's size requirements) are verified on the eager model; its output is clamped to
 [0, 1], as spandrel does. Whether the trace is valid at other sizes is measured (equal to eager at
-two other sizes: the card's ``dynamic``); a trace that froze a size (SwinIR's window padding) is
-served at its tile only. float16/bfloat16 go on the card only where spandrel says the
+two other sizes: the card's ``dynamic``); a trace that froze a size (a padding computed in
+Python) is served at its tile only. float16/bfloat16 go on the card only where spandrel says the
 architecture supports them and the check below passes. The card records the architecture, the
 source file's sha256 and the licence.
 """

@@ -191,9 +191,11 @@ def test_a_2x_export_keeps_the_2x_plan_and_an_unknown_licence(tmp_path, photo_rg
     assert calls == [(3, 21, 17), (3, 42, 34)]  # two 2x passes
 
 
-def test_swinir_exports_at_its_tile_or_is_refused_clearly(tmp_path, capsys):
-    """A transformer with window padding: spandrel reports minimum 16. The trace freezes the
-    padding, so the card serves at its tile only (dynamic false), proved there."""
+def test_swinir_exports_and_serves_or_is_refused_clearly(tmp_path, capsys):
+    """A transformer with window attention and padding inside; spandrel reports minimum 16, so
+    windows come in multiples of 16. Its trace holds at other sizes (measured: dynamic), and the
+    served output, tiled, equals the module's within 1/255 (attention windows of 4, one block:
+    the overlap of 8 covers its reach)."""
     from spandrel.architectures.SwinIR import SwinIR
 
     torch.manual_seed(0)
@@ -216,15 +218,15 @@ def test_swinir_exports_at_its_tile_or_is_refused_clearly(tmp_path, capsys):
         assert "cannot be traced" in err or "traced differs" in err, err
         pytest.skip(f"SwinIR does not trace here: {err.strip()}")
     card = ModelCard.load(out.with_suffix(".json"))
-    assert card.scale == 2 and card.multiple == 16 and card.tile == 32
-    assert "bfloat16" not in card.dtypes or card.extra["arch"]["supports"]["bfloat16"]
+    assert card.scale == 2 and card.multiple == 16 and card.tile == 32 and card.dynamic
+    assert card.extra["arch"]["spandrel_tiling"] == "DISCOURAGED"  # spandrel's advice, recorded
     assert "float16" not in card.dtypes  # spandrel: SwinIR does not support half
     enh = Enhancer.load(out)
     rgb = torch.rand(3, 40, 56, generator=torch.Generator().manual_seed(0))
-    got = enh.upscale(rgb, 2.0)
+    got = enh.upscale(rgb, 2.0)  # 56 x 72 padded: several 32-pixel windows per axis
     assert got.shape == (3, 80, 112)
     want = reference(module, rgb, card.overlap, card.multiple)
-    assert (got - want).abs().max() < 0.1  # seams of a model spandrel discourages tiling
+    assert (got - want).abs().max() < 1 / 255
 
 
 def test_refuses_a_one_channel_model(tmp_path, capsys):
@@ -371,3 +373,27 @@ def test_a_4x_export_serves_on_torchserve(tmp_path, photo_rgb):
             assert np.array_equal(np.asarray(served), np.asarray(open_bytes(want.data)))
     finally:
         stop_torchserve(ts)
+
+
+class FrozenSize(torch.nn.Module):
+    """Nearest 2x with the output size computed in Python: a trace freezes it to the tile's."""
+
+    def forward(self, x):
+        size = (2 * int(x.shape[2]), 2 * int(x.shape[3]))
+        return torch.nn.functional.interpolate(x, size=size, mode="nearest")
+
+
+def test_a_trace_that_freezes_its_size_serves_at_its_tile_only(tmp_path, monkeypatch):
+    torch.save({}, tmp_path / "frozen.pth")
+    _fake_descriptor(monkeypatch, FrozenSize().eval(), supports_half=False)
+    out = tmp_path / "frozen.pt"
+    assert run_export(tmp_path / "frozen.pth", out, tile=32) == 0
+    card = json.loads(out.with_suffix(".json").read_text())
+    assert card["dynamic"] is False
+    assert card["export"]["proved_sizes"] == [[1, 32, 32], [2, 32, 32]]  # the tile, only
+    assert "float16" not in card["dtypes"]
+    enh = Enhancer.load(out)
+    rgb = torch.rand(3, 21, 45, generator=torch.Generator().manual_seed(0))
+    got = enh.upscale(rgb, 2.0)  # every window is 32 x 32, the small axis padded up to it
+    want = rgb.repeat_interleave(2, 1).repeat_interleave(2, 2)
+    assert got.shape == want.shape and (got - want).abs().max() < 1e-5  # blending's rounding

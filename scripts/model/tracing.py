@@ -232,8 +232,8 @@ def check_spandrel_geometry(model: SpandrelModel, tile: int) -> None:
 
 def dynamic_trace(eager, traced, shapes, atol, generator) -> bool:
     """Whether the trace is valid at sizes other than the one it was traced at: equal to eager
-    (within ``atol``) at every shape. A trace that freezes a size (window padding in SwinIR-like
-    models, Python shape branches) fails here and is served at its tile only."""
+    (within ``atol``) at every shape. A trace that freezes a size (a padding computed in Python,
+    shape branches) fails here and is served at its tile only."""
     for n, h, w in shapes:
         x = torch.rand(n, 3, h, w, generator=generator)
         try:
