@@ -397,3 +397,50 @@ def test_a_trace_that_freezes_its_size_serves_at_its_tile_only(tmp_path, monkeyp
     got = enh.upscale(rgb, 2.0)  # every window is 32 x 32, the small axis padded up to it
     want = rgb.repeat_interleave(2, 1).repeat_interleave(2, 2)
     assert got.shape == want.shape and (got - want).abs().max() < 1e-5  # blending's rounding
+
+
+def test_refuses_an_inpainting_model(tmp_path, monkeypatch, capsys):
+    class Arch:
+        id, name = "LaMa", "LaMa"
+
+    module = compact(1)
+    descriptor = spandrel.MaskedImageModelDescriptor(
+        module,
+        module.state_dict(),
+        Arch(),
+        purpose="Inpainting",
+        tags=[],
+        supports_half=False,
+        supports_bfloat16=True,
+        input_channels=3,
+        output_channels=3,
+    )
+    monkeypatch.setattr(spandrel.ModelLoader, "load_from_file", lambda self, path: descriptor)
+    torch.save({}, tmp_path / "lama.pth")
+    assert run_export(tmp_path / "lama.pth", tmp_path / "lama.pt") == 1
+    err = capsys.readouterr().err
+    assert "Inpainting model (LaMa)" in err and "mask" in err
+
+
+def test_serving_an_export_needs_no_spandrel(tmp_path, photo_rgb):
+    """The TorchScript + card stand alone: a process where spandrel cannot be imported loads
+    and runs the export through the engine."""
+    import subprocess
+    import sys
+
+    pth = save(compact(4), tmp_path / "x4.pth")
+    out = tmp_path / "x4.pt"
+    assert run_export(pth, out, tile=32) == 0
+    photo_rgb.save(tmp_path / "in.png")
+    code = (
+        "import sys; sys.modules['spandrel'] = None\n"  # any import of it now fails
+        "from enhancer.engine import Enhancer\n"
+        f"enh = Enhancer.load({str(out)!r})\n"
+        f"result = enh.enhance(open({str(tmp_path / 'in.png')!r}, 'rb').read(), {{'scale': '4'}})\n"
+        "print(result.width, result.height)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["304", "208"]
