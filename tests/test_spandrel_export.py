@@ -21,8 +21,8 @@ from scripts import export
 from tests.helpers.images import open_bytes, to_bytes
 
 spandrel = pytest.importorskip("spandrel", reason="the 'export' extra (spandrel) is not installed")
-from spandrel.architectures.Compact import Compact  # noqa: E402
-from spandrel.architectures.ESRGAN import ESRGAN  # noqa: E402
+Compact = pytest.importorskip("spandrel.architectures.Compact").Compact
+ESRGAN = pytest.importorskip("spandrel.architectures.ESRGAN").ESRGAN
 
 pytestmark = pytest.mark.filterwarnings(
     r"ignore:`torch\.jit\.\w+` is deprecated:DeprecationWarning",
