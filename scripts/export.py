@@ -11,11 +11,25 @@
     .venv/bin/python -m scripts.export --fastai-weights models/stage2.pth --body resnet34 \
         --out model_store/mine.pt --tile 256
 
+    # bring your own model: any .pth the spandrel library loads (Real-ESRGAN, SwinIR, HAT, DAT...)
+    .venv/bin/python -m scripts.export --spandrel RealESRGAN_x4plus.pth --name realesrgan-x4 \
+        --license BSD-3-Clause --out model_store/realesrgan-x4.pt --tile 256 --overlap auto \
+        --seam-image photo.png
+
 The exported module takes and returns RGB in [0, 1] (N, 3, h, w): a course model, trained on
 ImageNet-normalised images on both sides, is wrapped with that normalisation (``--in-norm``,
 ``--out-norm``). The trace is proved before anything is written: traced equals eager (atol 1e-4)
 on fresh inputs at the served tile and at one other size, the saved file reloads and agrees, the
 output has the right shape and is finite and in [0, 1]. Any failure exits with status 1.
+
+A spandrel model is checked to be an RGB image-to-image model (3 channels in and out, scale 1, 2,
+3, 4 or 8; face-restoration and inpainting models are refused, naming why) and its scale and
+multiple (spandrel's size requirements) are verified on the eager model; its output is clamped to
+[0, 1], as spandrel does. Whether the trace is valid at other sizes is measured (equal to eager at
+two other sizes: the card's ``dynamic``); a trace that froze a size (a padding computed in
+Python) is served at its tile only. float16/bfloat16 go on the card only where spandrel says the
+architecture supports them and the check below passes. The card records the architecture, the
+source file's sha256 and the licence.
 """
 
 from __future__ import annotations
@@ -34,6 +48,13 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument(
+        "--spandrel",
+        metavar="MODEL.pth",
+        help="any model the spandrel library loads (.pth, .safetensors): Real-ESRGAN and its "
+        "compact models, SwinIR, HAT, DAT, ... (needs the 'export' extra); "
+        "give --name and --license",
+    )
     src.add_argument("--weights", help="model.pth or ckpt*.pth written by scripts/train.py")
     src.add_argument(
         "--learner",
@@ -69,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--name", default="enhancer", help="card name")
     ap.add_argument("--version", default="1.0.0", help="card version")
+    ap.add_argument(
+        "--license",
+        help="--spandrel: the model's licence, written to the card (default: unknown)",
+    )
     ap.add_argument(
         "--tile", type=int, default=256, help="served tile side in input pixels (traced at this)"
     )

@@ -2,7 +2,8 @@
 # Create or update the project's virtual environment in .venv, and the system packages it needs.
 #
 #   scripts/setup.sh serve   # TorchServe, the engine and the page (CPU torch is enough)
-#   scripts/setup.sh dev     # + tests, training (fastai, full torch build), Triton, headless Chromium
+#   scripts/setup.sh dev     # + tests, training (fastai, full torch build), export (spandrel),
+#                            #   Triton, headless Chromium
 #
 # Idempotent: a stamp file per kind records the pyproject.toml it installed, so a second run is instant.
 set -euo pipefail
@@ -46,7 +47,7 @@ if [ ! -f "$stamp" ]; then
         # torchvision only imports beside the full torch build; where a local CPU-only wheel of the
         # same version is on offer (+cpu), refuse it explicitly.
         "${pip[@]}" "torch==2.13.0,!=2.13.0+cpu" "torchvision==0.28.0"
-        "${pip[@]}" -e ".[test,train,triton]"
+        "${pip[@]}" -e ".[test,train,export,triton]"
     else
         .venv/bin/python -c "import torch" 2>/dev/null || "${pip[@]}" "torch==2.13.0"
         "${pip[@]}" -e .

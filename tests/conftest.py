@@ -9,7 +9,7 @@ from PIL import Image
 
 from tests.helpers.context import FakeContext
 from tests.helpers.images import photo_array
-from tests.helpers.tiny_models import tiny_restore, tiny_sr
+from tests.helpers.tiny_models import tiny_restore, tiny_sr, tiny_sr4
 
 pytest_plugins = ["tests.helpers.servers"]  # real TorchServe fixtures
 
@@ -36,6 +36,13 @@ def sr_model(model_dir) -> Path:
 def restore_model(tmp_path_factory) -> Path:
     """Path of the tiny scale-1 model (tile 32, overlap 4, dynamic)."""
     return tiny_restore(tmp_path_factory.mktemp("restore"))
+
+
+@pytest.fixture(scope="session")
+def sr4_model(tmp_path_factory) -> Path:
+    """Path of a tiny scale-4 model (receptive field 3, tile 32, overlap 4, dynamic): the card
+    a 4x Real-ESRGAN export has."""
+    return tiny_sr4(tmp_path_factory.mktemp("sr4"))
 
 
 @pytest.fixture(scope="session")

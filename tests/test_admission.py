@@ -50,11 +50,16 @@ def restore_engine(restore_model):
     return Enhancer.load(restore_model, settings=TORCHSCRIPT)
 
 
+@pytest.fixture
+def sr4_engine(sr4_model):
+    return Enhancer.load(sr4_model, settings=TORCHSCRIPT)
+
+
 @pytest.mark.parametrize(
     ("size", "scale", "tile"),
     [((40, 30), 2, None), ((97, 61), 4, None), ((200, 50), 3, 48), ((1, 1), 8, None)],
 )
-@pytest.mark.parametrize("which", ["engine", "restore_engine"])
+@pytest.mark.parametrize("which", ["engine", "restore_engine", "sr4_engine"])
 def test_work_counts_the_model_pixels_exactly_as_the_tiles_run(
     request, photo, which, size, scale, tile
 ):
@@ -240,3 +245,13 @@ def test_a_worker_without_admission_publishes_no_estimator(model_dir):
     handler = load_handler_class()()
     handler.initialize(FakeContext(model_dir, {"time_budget_share": 0.0}))
     assert json.loads(handler.describe_handle()) == {"estimator": None}
+def test_a_4x_card_is_costed_by_its_own_pass_plan(sr4_engine, engine):
+    """4x on a 4x card is one model pass at the input size: the same model pixels as 2x or 3x on
+    it (one 4x pass, resized down), and fewer than the two passes 4x takes on a 2x card; 8x is a
+    pass at the input size plus one at twice it."""
+    card4, card2 = sr4_engine.card, engine.card
+    one_pass = work(40, 30, 4, card4, 32)[0]
+    assert work(40, 30, 2, card4, 32)[0] == work(40, 30, 3, card4, 32)[0] == one_pass
+    assert one_pass == work(40, 30, 2, card2, 32)[0]  # same windows: same input, tile, overlap
+    assert work(40, 30, 4, card2, 32)[0] > one_pass
+    assert work(40, 30, 8, card4, 32)[0] == one_pass + work(80, 60, 4, card4, 32)[0]

@@ -173,3 +173,92 @@ def test_auto_scale_never_passes_the_output_caps():
     assert auto_scale(100, 100, max_scale=4, max_output_pixels=10**9) == 4
     # a side limit (WebP: 16,383 px) counts too: 100 x 4000 wants 8x (32,000 px long)
     assert auto_scale(100, 4000, **CAPS, max_side=16_383) == 4
+
+
+# -- cards of scale 4 (a Real-ESRGAN x4 export): passes of at most 4x ----------------------------
+
+
+@pytest.mark.parametrize(
+    "scale,count",
+    [(1, 1), (2, 1), (3, 1), (4, 1), (4.0001, 2), (6, 2), (8, 2), (16, 2), (16.5, 3)],
+)
+def test_pass_count_for_a_4x_card(scale, count):
+    assert pass_count(scale, model_scale=4) == count
+
+
+@pytest.mark.parametrize("scale", [1, 2, 2.5, 3, 4, 5, 6, 7.99, 8])
+@pytest.mark.parametrize("width,height", [(1, 1), (3, 7), (40, 30), (101, 77)])
+def test_a_4x_plan_lands_exactly_in_steps_of_at_most_4x(scale, width, height):
+    plan = plan_passes(width, height, scale, model_scale=4)
+    assert plan[0].src == (width, height)
+    assert plan[-1].dst == output_size(width, height, scale)
+    assert len(plan) == pass_count(scale, 4)
+    for earlier, later in zip(plan, plan[1:], strict=False):
+        assert later.src == earlier.dst
+    for step in plan[1:]:  # after the first (fractional) pass each is 4x, sizes rounded up
+        assert all(0 <= 4 * s - d <= 3 for d, s in zip(step.dst, step.src, strict=True))
+    for step in plan:
+        assert step.src[0] <= step.dst[0] <= 4 * step.src[0]
+        assert step.src[1] <= step.dst[1] <= 4 * step.src[1]
+
+
+def test_examples_for_a_4x_card():
+    def sizes(scale, **kw):
+        return [(p.src, p.dst) for p in plan_passes(10, 10, scale, model_scale=4, **kw)]
+
+    assert sizes(4) == [((10, 10), (40, 40))]  # one pass
+    assert sizes(2) == [((10, 10), (20, 20))]  # one 4x pass, then the engine's downscale
+    assert sizes(3) == [((10, 10), (30, 30))]
+    assert sizes(1) == [((10, 10), (10, 10))]
+    assert sizes(8) == [((10, 10), (20, 20)), ((20, 20), (80, 80))]  # fraction first, then 4x
+    assert sizes(6) == [((10, 10), (15, 15)), ((15, 15), (60, 60))]
+    assert sizes(4, level=2, enhance_first=True) == [
+        ((10, 10), (10, 10)),
+        ((10, 10), (40, 40)),
+        ((40, 40), (40, 40)),
+    ]
+
+
+@pytest.mark.parametrize("scale", [1, 1.5, 2, 2.5, 3, 4, 5, 8])
+def test_scale_1_and_2_cards_keep_the_2x_plan(scale):
+    for model_scale in (1, 2):
+        assert plan_passes(13, 9, scale, model_scale=model_scale) == plan_passes(13, 9, scale)
+
+
+@pytest.mark.parametrize(
+    "scale,inputs",
+    [
+        (4, [(6, 6)]),
+        (2, [(6, 6)]),
+        (3, [(6, 6)]),
+        (1, [(6, 6)]),
+        (8, [(6, 6), (12, 12)]),
+    ],
+)
+def test_a_4x_card_runs_the_model_once_per_planned_pass(sr4_model, scale, inputs, monkeypatch):
+    """On a 4x card, 4x is one model call at the input size and 8x two; every output exact."""
+    from enhancer.engine import Enhancer
+
+    enhancer = Enhancer.load(sr4_model)
+    calls = []
+    original = enhancer.runner.__class__.__call__
+
+    def spy(self, batch, **kwargs):
+        calls.append(tuple(batch.shape[-2:]))
+        return original(self, batch, **kwargs)
+
+    monkeypatch.setattr(enhancer.runner.__class__, "__call__", spy)
+    out = enhancer.upscale(torch.rand(3, 6, 6), scale)
+    assert out.shape == (3, 6 * scale, 6 * scale)
+    # one dynamic window per pass: the pass input plus the card's overlap (4) on every side
+    assert calls == [(h + 8, w + 8) for h, w in inputs]
+
+
+def test_scale_2_on_a_4x_card_is_its_4x_output_downscaled(sr4_model):
+    from enhancer.engine import Enhancer
+    from enhancer.imaging import resize
+
+    enhancer = Enhancer.load(sr4_model)
+    image = torch.rand(3, 9, 14, generator=torch.Generator().manual_seed(0))
+    x4 = enhancer.upscale(image, 4)
+    assert torch.allclose(enhancer.upscale(image, 2), resize(x4, (28, 18)), atol=1e-6)

@@ -8,8 +8,9 @@ request's time and refuses what does not fit:
     seconds = model_pixels * model_seconds_per_pixel + output_pixels * other_seconds_per_pixel
 
 - ``model_pixels``: the pixels the model is run on, summed over the request's passes: every window
-  of every pass, context included, exactly as ``tiling`` cuts them (a scale-2 model runs at each
-  pass's input size, a scale-1 model at its output size);
+  of every pass, context included, exactly as ``tiling`` cuts them (a scale-2 or scale-4 model
+  runs at each pass's input size, a scale-1 model at its output size), over the card's own pass
+  plan (``passes.plan_passes`` with the card's scale: 4x on a 4x card is one pass);
 - ``output_pixels``: the pixels each pass produces (blending, resizing) plus the encoded output;
 - the two rates are the worker's own, measured at start (``Enhancer.calibrate``) by enhancing a
   noise image through the same stages, backend and device the requests get.
@@ -88,7 +89,9 @@ def work(
     ``enhance_first`` (see the module docstring)."""
     model_pixels = 0
     output_pixels = 0
-    plan = plan_passes(width, height, scale, level=level, enhance_first=enhance_first)
+    plan = plan_passes(
+        width, height, scale, level=level, enhance_first=enhance_first, model_scale=card.scale
+    )
     for step in plan:
         w, h = step.dst if card.scale == 1 else step.src
         th, tw = tile_shape((h, w), tile, card.overlap, card.multiple, card.dynamic)

@@ -5,7 +5,9 @@ anything else in the file (training details, measured quality) is kept verbatim 
 
 Required fields:
     name (str), version (str)
-    scale (int): 1 (output the input's size; the engine resizes first) or 2 (a sub-pixel 2x head).
+    scale (int): 1 (output the input's size; the engine resizes first), 2 (a sub-pixel 2x head),
+        or 3, 4, 8 (models from elsewhere, e.g. a 4x Real-ESRGAN exported with
+        ``scripts/export.py --spandrel``; passes.py plans their passes).
     multiple (int): input height and width must be multiples of this.
     tile (int): the tile side, in input pixels, the model was traced and tested at.
     overlap (int): input pixels of context each tile needs on every side so that seams vanish.
@@ -25,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 DTYPES = ("float32", "float16", "bfloat16")
+SCALES = (1, 2, 3, 4, 8)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,8 +60,8 @@ class ModelCard:
             return value
 
         scale = need("scale", int)
-        if scale not in (1, 2):
-            raise ValueError(f"model card: 'scale' must be 1 or 2, not {scale}")
+        if scale not in SCALES:
+            raise ValueError(f"model card: 'scale' must be one of {SCALES}, not {scale}")
         multiple = need("multiple", int)
         tile = need("tile", int)
         overlap = need("overlap", int)

@@ -242,7 +242,12 @@ class Enhancer:
         if options.compare:
             self._check_compare(target, out_format)
         plan = plan_passes(
-            width, height, options.scale, level=options.level, enhance_first=options.enhance_first
+            width,
+            height,
+            options.scale,
+            level=options.level,
+            enhance_first=options.enhance_first,
+            model_scale=self.card.scale,
         )
         return Job(options, picture, out_format, target, plan, denoise, estimate)
 
@@ -720,7 +725,14 @@ class Enhancer:
         if rgb.ndim != 3 or rgb.shape[0] != 3:
             raise ValueError(f"expected a (3, H, W) tensor, got {tuple(rgb.shape)}")
         height, width = rgb.shape[1:]
-        plan = plan_passes(width, height, scale, level=level, enhance_first=enhance_first)
+        plan = plan_passes(
+            width,
+            height,
+            scale,
+            level=level,
+            enhance_first=enhance_first,
+            model_scale=self.card.scale,
+        )
         options = Options(
             scale=scale, tile=tile, denoise=denoise, level=level, enhance_first=enhance_first
         )

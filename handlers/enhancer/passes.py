@@ -1,6 +1,16 @@
-"""Pass planning: reach any scale in passes of at most 2x, landing on exactly round(scale * size).
+"""Pass planning: reach any scale in passes the model can make, landing on exactly
+round(scale * size).
 
-4x is two 2x passes; 3x is 2x then 1.5x; 1x is one restoring pass at the same size. Restoring
+With a scale-2 card (and a scale-1 card, which resizes before each pass) passes are of at most 2x:
+4x is two 2x passes; 3x is 2x then 1.5x; 1x is one restoring pass at the same size. With a card of
+scale s of 3 or more (a 4x Real-ESRGAN, say) passes are of at most s: any scale up to s is one pass
+(the model enlarges s times and the result is resized down, antialiased, to the target: scale 2
+on a 4x card is one 4x pass then a downscale), 8x on a 4x card is two passes. When more than one
+pass is needed the fractional one comes first and the rest are s-times passes (6x on a 4x card:
+1.5x, then 4x; each lands on a rounded size, so a pass may be resized by a pixel or two): the last
+pass makes no more pixels than the output needs, where the 2x order (fraction last) would have the
+model make up to s*s/2 times more (the 2x plan keeps its order: the shipped models' outputs do not
+change). Restoring
 passes (``src == dst``) can be added: ``enhance_first`` puts one at the input size before the
 enlarging passes, and ``level`` n puts n - 1 at the final size after them. How a model of scale s
 runs a restoring pass is the engine's: it enlarges s times and resizes back down (antialiased), as
@@ -33,12 +43,20 @@ def output_size(width: int, height: int, scale: float) -> tuple[int, int]:
     return max(1, round(scale * width)), max(1, round(scale * height))
 
 
-def pass_count(scale: float) -> int:
-    """How many passes of at most 2x reach ``scale``: ceil(log2(scale)), and 1 for scale <= 2."""
-    if scale <= 2.0:
+def pass_factor(model_scale: int) -> int:
+    """The largest enlargement of one pass for a card of ``model_scale``: 2 for scale-1 and
+    scale-2 cards, the card's own scale above that."""
+    return max(2, int(model_scale))
+
+
+def pass_count(scale: float, model_scale: int = 2) -> int:
+    """How many passes of at most ``pass_factor(model_scale)`` (2x for the default) reach
+    ``scale``: ceil(log_f(scale)), and 1 for scale <= f."""
+    factor = pass_factor(model_scale)
+    if scale <= factor:
         return 1
     # a hair of tolerance so that 4.0000000001 from a float sum stays two passes
-    return math.ceil(math.log2(scale) - 1e-9)
+    return math.ceil(math.log(scale, factor) - 1e-9)
 
 
 def auto_scale(
@@ -75,12 +93,22 @@ def auto_scale(
 
 
 def plan_passes(
-    width: int, height: int, scale: float, *, level: int = 1, enhance_first: bool = False
+    width: int,
+    height: int,
+    scale: float,
+    *,
+    level: int = 1,
+    enhance_first: bool = False,
+    model_scale: int = 2,
 ) -> list[Pass]:
-    """Plan the passes for an image of ``width`` x ``height`` enlarged ``scale`` times.
+    """Plan the passes for an image of ``width`` x ``height`` enlarged ``scale`` times by a
+    model card of scale ``model_scale``.
 
-    Every enlarging pass but the last is exactly 2x; the last goes from wherever the others ended
-    to the exact output size, so it is a factor in (1, 2] (or exactly 1 when ``scale`` is 1).
+    For scale-1 and scale-2 cards every enlarging pass but the last is exactly 2x; the last goes
+    from wherever the others ended to the exact output size, so it is a factor in (1, 2] (or
+    exactly 1 when ``scale`` is 1). For a card of scale s >= 3 the first enlarging pass is the
+    fractional one, to ceil(output / s**(n-1)), and every later one is s times (to the rounded-up
+    size), the last landing on the exact output size.
     ``enhance_first`` adds a restoring pass at the input size in front (none when ``scale`` is 1:
     the one pass already restores at that size); ``level`` n adds n - 1 restoring passes at the
     output size at the end.
@@ -99,10 +127,23 @@ def plan_passes(
     size = (width, height)
     if enhance_first and target != size:
         passes.append(Pass(size, size))
-    for _ in range(pass_count(scale) - 1):
-        doubled = (size[0] * 2, size[1] * 2)
-        passes.append(Pass(size, doubled))
-        size = doubled
+    factor = pass_factor(model_scale)
+    count = pass_count(scale, model_scale)
+    if factor == 2:
+        for _ in range(count - 1):
+            doubled = (size[0] * 2, size[1] * 2)
+            passes.append(Pass(size, doubled))
+            size = doubled
+    else:
+        for k in range(count - 1, 0, -1):
+            # rounded up, so the next pass is never more than ``factor`` times (1x1 at 5x: 2, 5)
+            shrink = factor**k
+            step = (
+                max(size[0], -(-target[0] // shrink)),
+                max(size[1], -(-target[1] // shrink)),
+            )
+            passes.append(Pass(size, step))
+            size = step
     passes.append(Pass(size, target))
     passes.extend(Pass(target, target) for _ in range(level - 1))
     return passes

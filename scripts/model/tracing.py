@@ -38,8 +38,123 @@ def load_fastai_learner(path: str) -> torch.nn.Module:
     return load_learner(path, cpu=True).model
 
 
+class SpandrelModel(torch.nn.Module):
+    """A model spandrel loaded, as the contract's module: RGB in [0, 1] in, the descriptor's own
+    call (some architectures wrap the forward) and its clamp to [0, 1] out.
+
+    Attributes:
+        scale: the model's enlargement.
+        multiple: input sides must be multiples of this: spandrel's ``multiple_of``, raised to its
+            ``minimum`` when that is larger (so every window the engine cuts is big enough).
+        dynamic_ok: False when spandrel asks for square inputs (then only the traced tile is
+            served); otherwise export decides by checking the trace at other sizes.
+        dtypes: the reduced precisions spandrel says the architecture supports.
+    """
+
+    def __init__(self, descriptor):
+        super().__init__()
+        self.model = descriptor.model
+        # spandrel keeps the call in a private attribute; a plain forward when there is none
+        self._call = getattr(descriptor, "_call_fn", None) or (lambda model, x: model(x))
+        need = descriptor.size_requirements
+        self.scale = int(descriptor.scale)
+        self.multiple = max(int(need.multiple_of), int(need.minimum), 1)
+        self.dynamic_ok = not need.square
+        self.dtypes = [
+            name
+            for name, ok in (
+                ("bfloat16", descriptor.supports_bfloat16),
+                ("float16", descriptor.supports_half),
+            )
+            if ok
+        ]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._call(self.model, x).clamp(0, 1)
+
+
+SPANDREL_REFUSALS = {
+    "FaceSR": "a face restoration model ({arch}): it works on aligned face crops "
+    "({minimum}x{minimum}), needs face detection, alignment and pasting back, which this "
+    "service does not do; export a whole-image super-resolution or restoration model",
+}
+
+
+def load_spandrel(path: str) -> tuple[SpandrelModel, str, dict]:
+    """A ``.pth``/``.safetensors`` file any spandrel architecture loads, checked to be an RGB
+    image-to-image model of a scale the engine serves.
+
+    Raises:
+        ExportError: spandrel is missing or does not know the file, or the model is not one this
+            service can serve (naming why).
+    """
+    try:
+        import spandrel
+    except ImportError:
+        raise ExportError(
+            "--spandrel needs the spandrel library: pip install -e '.[export]'"
+        ) from None
+    from enhancer.card import SCALES
+
+    try:
+        descriptor = spandrel.ModelLoader(device="cpu").load_from_file(path)
+    except spandrel.UnsupportedModelError:
+        raise ExportError(
+            f"{path}: spandrel {spandrel.__version__} does not recognise this model's "
+            "architecture (not one of the architectures it supports, or not a model state dict)"
+        ) from None
+    except (OSError, ValueError, RuntimeError, KeyError) as error:
+        raise ExportError(f"{path}: spandrel could not load it: {error}") from None
+    arch = descriptor.architecture.name
+    need = descriptor.size_requirements
+    if not isinstance(descriptor, spandrel.ImageModelDescriptor):
+        raise ExportError(
+            f"{path} is a {descriptor.purpose} model ({arch}): it takes an image and a mask; "
+            "this service serves image-to-image models only"
+        )
+    if descriptor.purpose in SPANDREL_REFUSALS:
+        raise ExportError(
+            f"{path} is "
+            + SPANDREL_REFUSALS[descriptor.purpose].format(arch=arch, minimum=need.minimum)
+        )
+    channels = (descriptor.input_channels, descriptor.output_channels)
+    if channels != (3, 3):
+        raise ExportError(
+            f"{path} is a {arch} model with {channels[0]} input and {channels[1]} output "
+            "channels: the service runs RGB models (3 in, 3 out); a 1-channel (grayscale) model "
+            "cannot enhance colour photos"
+        )
+    if descriptor.scale not in SCALES:
+        raise ExportError(
+            f"{path} is a {descriptor.scale}x {arch} model: the engine serves model scales {SCALES}"
+        )
+    model = SpandrelModel(descriptor)
+    cfg = {
+        "source": "spandrel",
+        "id": descriptor.architecture.id,
+        "purpose": descriptor.purpose,
+        "tags": list(descriptor.tags),
+        "source_file": Path(path).name,
+        "source_sha256": file_sha256(path),
+        "spandrel": spandrel.__version__,
+        "size_requirements": {
+            "minimum": need.minimum,
+            "multiple_of": need.multiple_of,
+            "square": need.square,
+        },
+        "spandrel_tiling": descriptor.tiling.name,
+        "supports": {
+            "float16": descriptor.supports_half,
+            "bfloat16": descriptor.supports_bfloat16,
+        },
+    }
+    return model, arch, cfg
+
+
 def load_model(args) -> tuple[torch.nn.Module, str, dict]:
     """The eager module to trace, its arch name and its settings (for the card)."""
+    if getattr(args, "spandrel", None):
+        return load_spandrel(args.spandrel)
     if args.weights:
         ckpt = torch.load(args.weights, map_location="cpu", weights_only=False)
         arch, cfg = ckpt["arch"], ckpt["config"]
@@ -75,16 +190,60 @@ def load_model(args) -> tuple[torch.nn.Module, str, dict]:
             "out_norm": args.out_norm,
         }
         return ContractWrapper(net, args.in_norm, args.out_norm), "dynamic_unet", cfg
-    raise ExportError("give one of --weights, --learner, --fastai-weights")
+    raise ExportError("give one of --spandrel, --weights, --learner, --fastai-weights")
 
 
-def model_facts(model: torch.nn.Module, arch: str, tile: int) -> tuple[int, int, bool]:
-    """(scale, multiple, dynamic): read off the module, and checked against a forward pass."""
+def model_facts(model: torch.nn.Module, arch: str, tile: int) -> tuple[int, int, bool | None]:
+    """(scale, multiple, dynamic): read off the module, and checked against a forward pass.
+
+    ``dynamic`` is None for a spandrel model: export measures it on the trace (dynamic_trace).
+    """
+    if isinstance(model, SpandrelModel):
+        check_spandrel_geometry(model, tile)
+        return model.scale, model.multiple, None
     if arch == "compact":
         return model.scale, model.multiple, True
     # a DynamicUnet keeps the size; its ResNet body halves it 5 times. Its Python shape branches
     # (UnetBlock, ResizeToOrig) are frozen by the trace, so it is served at exactly ``tile``.
     return 1, 32, False
+
+
+def check_spandrel_geometry(model: SpandrelModel, tile: int) -> None:
+    """Verify the scale and multiple spandrel reports on the eager model: two sizes that are
+    multiples (a square of at least 16 pixels, the smallest window an overlap of 8 allows, and a
+    non-square one) give exactly ``scale`` times their size."""
+    m = model.multiple
+    side = -(-16 // m) * m
+    for h, w in ((side, side), (side, side + m)):
+        try:
+            with torch.no_grad():
+                out = model(torch.rand(1, 3, h, w))
+        except Exception as error:  # noqa: BLE001 - any failure is the model's, reported as such
+            raise ExportError(
+                f"the model fails on a 1x3x{h}x{w} input (spandrel says multiples of {m} work): "
+                f"{str(error).splitlines()[0][:200]}"
+            ) from None
+        if tuple(out.shape) != (1, 3, model.scale * h, model.scale * w):
+            raise ExportError(
+                f"the model turns 1x3x{h}x{w} into {tuple(out.shape)}, not the "
+                f"{model.scale}x spandrel reports"
+            )
+
+
+def dynamic_trace(eager, traced, shapes, atol, generator) -> bool:
+    """Whether the trace is valid at sizes other than the one it was traced at: equal to eager
+    (within ``atol``) at every shape. A trace that freezes a size (a padding computed in Python,
+    shape branches) fails here and is served at its tile only."""
+    for n, h, w in shapes:
+        x = torch.rand(n, 3, h, w, generator=generator)
+        try:
+            with torch.no_grad():
+                want, got = eager(x), traced(x)
+        except RuntimeError:
+            return False
+        if got.shape != want.shape or (got - want).abs().max().item() > atol:
+            return False
+    return True
 
 
 def prove(eager, traced, shapes, scale, atol, generator) -> float:
@@ -112,14 +271,20 @@ def prove(eager, traced, shapes, scale, atol, generator) -> float:
     return worst
 
 
-def check_dtypes(path: Path, tile: int, generator) -> tuple[list[str], dict]:
+def check_dtypes(
+    path: Path, tile: int, generator, supported: tuple[str, ...] = ("bfloat16", "float16")
+) -> tuple[list[str], dict]:
     """float16/bfloat16 are listed only where the saved model, cast, gives finite output within
-    2/255 mean and 0.1 max of float32 (checked on this machine's CPU)."""
+    2/255 mean and 0.1 max of float32 (checked on this machine's CPU), and only those in
+    ``supported`` (for a spandrel model: what spandrel says its architecture supports)."""
     x = torch.rand(1, 3, tile, tile, generator=generator)
     with torch.no_grad():
         ref = torch.jit.load(str(path))(x)
     ok, report = ["float32"], {}
     for name, dtype in (("bfloat16", torch.bfloat16), ("float16", torch.float16)):
+        if name not in supported:
+            report[name] = "not supported by the architecture (spandrel)"
+            continue
         try:
             with torch.no_grad():
                 out = torch.jit.load(str(path)).to(dtype)(x.to(dtype)).float()
@@ -193,18 +358,33 @@ def export(args) -> int:
             raise ExportError(
                 f"overlap {args.overlap} too large for tile {args.tile} (must be < tile/3)"
             )
-    other = args.other_size or (args.tile // 2 + multiple if dynamic else args.tile + 2 * multiple)
-    other = -(-other // multiple) * multiple
     gen = torch.Generator().manual_seed(0)
     example = torch.rand(1, 3, args.tile, args.tile, generator=gen)
     print(f"tracing {arch} (scale {scale}, multiple {multiple}) at 1x3x{args.tile}x{args.tile}")
-    with torch.no_grad(), warnings.catch_warnings():
-        # DynamicUnet's shape checks warn that the trace freezes them: proved below, at two sizes
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        traced = torch.jit.trace(model, example, check_inputs=[(torch.rand_like(example),)])
-    shapes = [(1, args.tile, args.tile), (2, args.tile, args.tile), (1, other, other)]
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            # DynamicUnet's shape checks warn that the trace freezes them: proved below, at two
+            # sizes
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            traced = torch.jit.trace(model, example, check_inputs=[(torch.rand_like(example),)])
+    except Exception as error:  # noqa: BLE001 - whatever the tracer hits, the model cannot ship
+        detail = str(error).strip().splitlines()
+        raise ExportError(
+            f"{arch} cannot be traced to TorchScript at 1x3x{args.tile}x{args.tile}: "
+            f"{detail[0][:300] if detail else type(error).__name__}"
+        ) from None
+    if dynamic is None:  # a spandrel model: is the trace valid at other sizes?
+        side = -(-(args.tile // 2 + multiple) // multiple) * multiple
+        trials = [(1, multiple * 3, multiple * 5), (1, side, side)]
+        dynamic = model.dynamic_ok and dynamic_trace(model, traced, trials, args.atol, gen)
+        print(f"  trace valid at other sizes: {dynamic}")
+    other = args.other_size or (args.tile // 2 + multiple if dynamic else args.tile + 2 * multiple)
+    other = -(-other // multiple) * multiple
+    shapes = [(1, args.tile, args.tile), (2, args.tile, args.tile)]
     if dynamic:
-        shapes.append((1, multiple * 3, multiple * 5))
+        shapes += [(1, other, other), (1, multiple * 3, multiple * 5)]
+    elif not isinstance(model, SpandrelModel):  # a DynamicUnet: proved one step larger too
+        shapes.append((1, other, other))
     worst = prove(model, traced, shapes, scale, args.atol, gen)
 
     # write beside the target under temporary names and move into place only once all is proved,
@@ -221,10 +401,14 @@ def export(args) -> int:
         worst = max(
             worst, prove(model, reloaded, [(1, args.tile, args.tile)], scale, args.atol, gen)
         )
-        dtypes, dtype_report = check_dtypes(out, args.tile, gen)
+        spandrel_model = isinstance(model, SpandrelModel)
+        supported = tuple(model.dtypes) if spandrel_model else ("bfloat16", "float16")
+        dtypes, dtype_report = check_dtypes(out, args.tile, gen, supported)
         card = make_card(
             args, model, arch, cfg, out, scale, multiple, dynamic, dtypes, shapes, worst
         )
+        if spandrel_model:
+            card["license"] = args.license or "unknown"
         card["export"]["dtype_checks"] = dtype_report
         for overlap in candidates:
             card["overlap"] = overlap

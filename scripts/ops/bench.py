@@ -119,7 +119,7 @@ def naive_upscale(
 
     height, width = rgb.shape[1:]
     current = rgb
-    for step in plan_passes(width, height, scale):
+    for step in plan_passes(width, height, scale, model_scale=card.scale):
         x = current.unsqueeze(0).to(device)
         if card.scale == 1:  # a restoring model runs at the target size
             x = F.interpolate(x, size=step.dst[::-1], mode="bicubic", align_corners=False)

@@ -1,6 +1,7 @@
 """Tiny TorchScript models and cards made in code, for tests that must not need trained weights.
 
-``TinySR`` is a scale-2 model (nearest 2x plus a small residual through a PixelShuffle head),
+``TinySR`` is a scale-2 model (nearest 2x plus a small residual through a PixelShuffle head; with
+``scale=4``, a 4x one, as a Real-ESRGAN export's card says),
 ``TinyRestore`` a scale-1 one (identity plus a residual). Their receptive field is exactly ``depth``
 pixels (``depth`` 3x3 convolutions), so a card with ``overlap >= depth`` makes tiling exact.
 """
@@ -26,16 +27,17 @@ def _body(depth: int, width: int, out_channels: int) -> nn.Sequential:
 
 
 class TinySR(nn.Module):
-    """Scale 2: nearest-neighbour 2x plus ``amount`` * tanh(residual)."""
+    """Scale 2 (or ``scale``): nearest-neighbour upscaling plus ``amount`` * tanh(residual)."""
 
-    def __init__(self, depth: int = 3, width: int = 8, amount: float = 0.1):
+    def __init__(self, depth: int = 3, width: int = 8, amount: float = 0.1, scale: int = 2):
         super().__init__()
-        self.body = _body(depth, width, 12)
-        self.shuffle = nn.PixelShuffle(2)
+        self.body = _body(depth, width, 3 * scale * scale)
+        self.shuffle = nn.PixelShuffle(scale)
         self.amount = amount
+        self.scale = float(scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        base = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        base = F.interpolate(x, scale_factor=self.scale, mode="nearest")
         return base + self.amount * torch.tanh(self.shuffle(self.body(x)))
 
 
@@ -100,6 +102,13 @@ def tiny_sr(directory: Path, **card) -> Path:
     """A seeded TinySR saved with its card (scale 2, tile 32, overlap 4 unless overridden)."""
     torch.manual_seed(card.pop("seed", 0))
     return save_model(directory, TinySR(depth=card.pop("depth", 3)), scale=2, **card)
+
+
+def tiny_sr4(directory: Path, **card) -> Path:
+    """A seeded 4x TinySR saved with its card (scale 4, tile 32, overlap 4 unless overridden)."""
+    torch.manual_seed(card.pop("seed", 0))
+    module = TinySR(depth=card.pop("depth", 3), scale=4)
+    return save_model(directory, module, scale=4, **card)
 
 
 def tiny_restore(directory: Path, **card) -> Path:
