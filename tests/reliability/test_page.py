@@ -236,6 +236,11 @@ class Hang:
             self.held.append(connection)
 
     def close(self):
+        # shutdown first: a plain close leaves the listener alive while accept() blocks on it
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
         self.sock.close()
         for connection in self.held:
             connection.close()
@@ -425,26 +430,34 @@ def _hang_up(url: str, body: bytes, content_type: str) -> None:
 
 
 def test_r9_clients_that_hang_up_leave_no_stuck_worker(page, torchserve):
+    """20 clients send a whole upload and hang up before the answer. TorchServe cannot cancel
+    what is queued, so the worker still enhances them; what matters is that it gets through them
+    (the queue drains to 0 pending), stays the same READY process, and the next 20 uploads are
+    all enhanced."""
     pid = worker(torchserve)["pid"]
-    body, content_type = multipart(photo_bytes(256, 192), options=[("scale", b"4")])
+    body, content_type = multipart(photo_bytes(128, 96))
     threads = [
         threading.Thread(target=_hang_up, args=(page.url, body, content_type)) for _ in range(20)
     ]
+    started = time.monotonic()
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(60)
-    statuses = [upload(page.url, photo_bytes(24, 16), timeout=120).status_code for _ in range(20)]
-    assert statuses == [200] * 20
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + 120
     while True:
         status = torchserve.model_status()
-        pending = status.get("jobQueueStatus", {}).get("pendingRequests", 0)
+        assert "pendingRequests" in status.get("jobQueueStatus", {}), status
+        pending = status["jobQueueStatus"]["pendingRequests"]
         if pending == 0 or time.monotonic() > deadline:
             break
         time.sleep(0.5)
-    print(f"R9: 20 hang-ups, then 20 x 200; queue {status.get('jobQueueStatus')}")
+    drained = time.monotonic() - started
     assert pending == 0, status
+    statuses = [upload(page.url, photo_bytes(24, 16), timeout=120).status_code for _ in range(20)]
+    print(f"R9: 20 hang-ups; queue drained {drained:.1f} s after; then {statuses.count(200)} x 200")
+    assert statuses == [200] * 20
+    assert requests.get(f"{page.url}/health", timeout=30).status_code == 200
     assert worker(torchserve)["status"] == "READY" and worker(torchserve)["pid"] == pid
 
 

@@ -179,7 +179,7 @@ def test_r3_a_model_whose_initialize_raises_turns_ping_unhealthy(tmp_path, sr_mo
                 seen.append(response.status_code)
                 if response.status_code == 500:
                     break
-            except (OSError, requests.RequestException, ValueError, KeyError):
+            except (OSError, requests.RequestException, ValueError, KeyError, serve.ServeError):
                 pass  # not listening yet, or no key file yet
             time.sleep(0.5)
         took = time.monotonic() - launched
