@@ -218,6 +218,15 @@ def index():
 @bp.post("/enhance")
 def enhance():
     """Enhance one uploaded image through TorchServe and stream the result back."""
+    encoding = request.headers.get("Content-Encoding", "identity").strip().lower()
+    if encoding != "identity":
+        # The size limits count the bytes that arrive; a compressed body would decompress past
+        # them (RELIABILITY.md R7). Images are compressed already: nothing is lost.
+        return error_response(
+            415,
+            "UnsupportedMediaType",
+            f"Content-Encoding {encoding!r} is not accepted: send the upload uncompressed.",
+        )
     # Reading the form enforces MAX_CONTENT_LENGTH (BodyTooLarge), MAX_FORM_PARTS and
     # MAX_FORM_MEMORY_SIZE (413); the image's own size is checked below.
     form, files = request.form, request.files

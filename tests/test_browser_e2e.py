@@ -6,26 +6,23 @@ its key file; and
 Playwright drives Debian's Chromium (``/usr/bin/chromium``; ``playwright install`` cannot download a
 browser here) with a fresh profile. Screenshots go to ``artifacts/`` (git-ignored).
 
-Besides the browser tests, this file checks what only real servers can show: upload limits through
-gunicorn with TorchServe's access log as the witness (F1), key expiry with
-``token_expiration_min=0.1`` (S3), and TorchServe stopping and starting again under a running page
-(F10). Firefox is not tested: no Firefox is installed on the CI machine.
+Besides the browser tests, this file checks what only real servers can show: real photo sizes
+through gunicorn, key expiry with ``token_expiration_min=0.1`` (S3), and TorchServe stopping and
+starting again under a running page as a visitor sees it (F10's figures: tests/reliability/).
+Firefox is not tested: no Firefox is installed on the CI machine.
 """
 
 from __future__ import annotations
 
 import base64
-import http.client
 import io
 import json
 import re
-import socket
 import subprocess
 import sys
 import threading
 import time
 import zipfile
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,10 +32,11 @@ from PIL import Image
 
 from enhancer.contract import ALLOWED_TEXT
 from scripts import page as page_cli
-from scripts.ops import container, slowloris
+from scripts.ops import container
 from scripts.ops import page as page_script
 from scripts.ops import torchserve as serve
 from tests.helpers.images import padded
+from tests.helpers.pages import free_port, multipart, start_page, stop_page
 from tests.helpers.servers import start_torchserve, stop_torchserve
 
 pytestmark = pytest.mark.e2e
@@ -54,64 +52,10 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--no-first-run",
 ]
-# The limit test's own page takes images of up to 1 MB, so it stays small and fast; the other
-# pages keep the default (50 MiB), so real-size photos go through them.
-UPLOAD_LIMIT = 1_000_000
 ROTATED = "TorchServe inference key expired; rotated it through the management API"
 
 
 # -- the page under gunicorn -----------------------------------------------------------------------
-
-
-@dataclass
-class Page:
-    """A gunicorn serving the page, started by ``start_page``."""
-
-    url: str
-    process: subprocess.Popen
-    log: Path
-    access_log: Path
-
-    def log_text(self) -> str:
-        return self.log.read_text(errors="replace") if self.log.exists() else ""
-
-    def answered(self, status: int) -> int:
-        """How many uploads gunicorn's access log shows answered with ``status``."""
-        text = self.access_log.read_text(errors="replace") if self.access_log.exists() else ""
-        return text.count(f'"POST /enhance HTTP/1.1" {status} ')
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start_page(ts, workdir: Path, **config) -> Page:
-    """Start the page under gunicorn for TorchServe ``ts`` as scripts.ops.page does; wait for it."""
-    workdir.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    extra = {f"FLASK_{name}": str(value) for name, value in config.items()}
-    env = page_script.page_env(
-        ts.inference_url, ts.management_url, ts.workdir / "key_file.json", extra
-    )
-    log, access_log = workdir / "page.log", workdir / "page_access.log"
-    command = page_script.gunicorn_command(
-        "127.0.0.1", port, workers=2, error_log=log, access_log=access_log
-    )
-    process = page_script.launch(command, env, log)
-    page = Page(f"http://127.0.0.1:{port}", process, log, access_log)
-    try:
-        page_script.wait_ready(page.url, process, None, 60, log)
-    except BaseException:
-        stop_page(page)
-        raise
-    return page
-
-
-def stop_page(page: Page) -> None:
-    page_script.stop_pid(page.process.pid)
-    page.process.wait(30)
 
 
 @pytest.fixture(scope="module")
@@ -421,27 +365,6 @@ def test_over_the_rate_limit_the_page_waits_and_retries(torchserve, browser, pho
         stop_page(page)
 
 
-def test_slow_clients_are_dropped_and_uploads_go_on(torchserve, tmp_path):
-    """RELIABILITY.md R10 at a small scale: 20 connections dribbling a byte a second (half their
-    headers, half a body) beside normal uploads. Every slow one is closed by the page's deadlines
-    (headers: the keep-alive seconds; bodies: BODY_GRACE plus one read at BODY_MIN_RATE), and the
-    uploads' p99 stays near the baseline measured just before, on this machine under its load."""
-    page = start_page(torchserve, tmp_path / "page", BODY_GRACE=2, RATE_LIMIT_PER_MINUTE=0)
-    try:
-        report = slowloris.measure(page.url, slow=20, baseline_s=6, attack_s=16)
-    finally:
-        stop_page(page)
-    print(report.summary())
-    assert report.failures == []
-    assert len(report.attack) >= 5, report.summary()
-    assert len(report.closed) == 20, report.summary()
-    assert max(outcome.closed_after for outcome in report.closed) < 14, report.summary()
-    baseline = slowloris.percentile(report.baseline, 99)
-    attack = slowloris.percentile(report.attack, 99)
-    # generous: CPU load here moves latencies by seconds; starved, they were tens of seconds
-    assert attack <= max(3 * baseline, baseline + 3.0), report.summary()
-
-
 def test_pick_by_keyboard_and_download_all_as_zip(site, browser, photo, tmp_path):
     # Turn on file-chooser interception now: expect_file_chooser() turns it on without waiting for
     # the browser, and a key press sent right after can open the picker before it took effect.
@@ -519,105 +442,6 @@ def test_paste_an_image_then_clear_the_list(site, browser, photo):
     assert browser.locator("#download-all").is_disabled()
 
 
-# -- through gunicorn, with TorchServe's access log as the witness (F1) ----------------------------
-
-
-def _predictions_logged(ts) -> int:
-    path = ts.workdir / "logs" / "access_log.log"
-    return (
-        path.read_text(errors="replace").count("POST /predictions/enhancer") if path.exists() else 0
-    )
-
-
-def _multipart(
-    image: bytes,
-    boundary: str = "limit-test",
-    options: list[tuple[str, bytes]] = (),
-    options_first: bool = True,
-) -> tuple[bytes, str]:
-    file_part = (
-        (
-            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="p.png"\r\n'
-            f"Content-Type: image/png\r\n\r\n"
-        ).encode()
-        + image
-        + b"\r\n"
-    )
-    fields = b"".join(
-        f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n'.encode()
-        + value
-        + b"\r\n"
-        for name, value in options
-    )
-    parts = fields + file_part if options_first else file_part + fields
-    return parts + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
-
-
-def _post_raw(url: str, body: bytes, content_type: str, chunked: bool) -> int:
-    """POST with http.client (Content-Length, or chunked with none); the status, or 0 if reset."""
-    host, port = url.removeprefix("http://").split(":")
-    connection = http.client.HTTPConnection(host, int(port), timeout=30)
-    try:
-        connection.request(
-            "POST",
-            "/enhance",
-            body=iter([body[i : i + 65536] for i in range(0, len(body), 65536)])
-            if chunked
-            else body,
-            headers={"Content-Type": content_type},
-            encode_chunked=chunked,
-        )
-        return connection.getresponse().status
-    except (ConnectionResetError, BrokenPipeError):
-        return 0
-    finally:
-        connection.close()
-
-
-def test_upload_limits_through_gunicorn(torchserve, photo, tmp_path):
-    site = start_page(torchserve, tmp_path / "page", MAX_UPLOAD_BYTES=UPLOAD_LIMIT)
-    try:
-        _check_upload_limits(site, torchserve, photo)
-    finally:
-        stop_page(site)
-
-
-def _check_upload_limits(site, torchserve, photo):
-    base = encoded(photo(40, 30))
-    before = _predictions_logged(torchserve)
-    refused = site.answered(413)
-
-    # One byte over the image limit: the page's image check, which names the limit.
-    over, content_type = _multipart(padded(base, UPLOAD_LIMIT + 1))
-    response = requests.post(
-        f"{site.url}/enhance", data=over, headers={"Content-Type": content_type}, timeout=30
-    )
-    assert response.status_code == 413
-    assert response.json()["type"] == "PayloadTooLarge"
-    assert "image is too large: 1,000,001 bytes" in response.json()["message"]
-
-    # Chunked, no Content-Length: the page answers 413 once the body limit is passed. gunicorn then
-    # drains at most 64 KB of what the client still sends before it closes the connection, so a
-    # client still sending may see the connection reset instead of the answer (werkzeug documents
-    # this); gunicorn's access log is the witness of the 413 either way.
-    chunked, content_type = _multipart(padded(base, 2 * UPLOAD_LIMIT))
-    assert _post_raw(site.url, chunked, content_type, chunked=True) in (413, 0)
-
-    at_limit, content_type = _multipart(padded(base, UPLOAD_LIMIT))
-    response = requests.post(
-        f"{site.url}/enhance", data=at_limit, headers={"Content-Type": content_type}, timeout=60
-    )
-    assert response.status_code == 200, response.text
-    assert Image.open(io.BytesIO(response.content)).size == (80, 60)
-
-    # TorchServe logged the one upload within the limit, and neither oversized one came before it.
-    deadline = time.monotonic() + 10
-    while _predictions_logged(torchserve) < before + 1 and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert _predictions_logged(torchserve) == before + 1
-    assert site.answered(413) == refused + 2
-
-
 MiB = 1024 * 1024
 
 
@@ -631,7 +455,7 @@ def test_real_photo_sizes_through_gunicorn(site, photo, fmt, fields):
         image = padded(encoded(photo(40, 30), fmt.upper()), size)
         assert len(image) == size
         options = [("scale", b"2"), ("format", b"png")]
-        body, content_type = _multipart(image, options=options, options_first=fields == "before")
+        body, content_type = multipart(image, options=options, options_first=fields == "before")
         response = requests.post(
             f"{site.url}/enhance", data=body, headers={"Content-Type": content_type}, timeout=120
         )

@@ -795,6 +795,21 @@ def test_multipart_abuse_is_refused(make_app, stub):
     assert stub.predictions == []
 
 
+def test_a_compressed_body_is_refused_not_decompressed_past_the_limits(client, stub):
+    """RELIABILITY.md R7: the limits count the bytes that arrive, so a Content-Encoding is a 415."""
+    import gzip
+
+    body = gzip.compress(b"\0" * 5_000_000)  # 5 MB of zeros in about 5 KB
+    response = client.post(
+        "/enhance",
+        data=body,
+        headers={"Content-Type": "multipart/form-data; boundary=x", "Content-Encoding": "gzip"},
+    )
+    message = assert_error(response, 415, "UnsupportedMediaType")["message"]
+    assert "Content-Encoding 'gzip'" in message
+    assert not stub.predictions
+
+
 # -- file names (F3) -------------------------------------------------------------------------------
 
 

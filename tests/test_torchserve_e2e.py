@@ -11,13 +11,8 @@ Every bad request is followed by a good one, and the worker must be the same pro
 from __future__ import annotations
 
 import hashlib
-import io
-import ipaddress
 import os
-import struct
 import time
-import zipfile
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -26,126 +21,26 @@ import pytest
 import requests
 from PIL import Image
 
-from scripts.ops import torchserve as serve
+from tests.helpers.calls import (
+    TIMEOUT,
+    assert_alive_and_same,
+    decoded,
+    photo_bytes,
+    post_form,
+    post_raw,
+    worker,
+)
 from tests.helpers.golden import GOLDEN, inputs
-from tests.helpers.images import encode, photo_array
+from tests.helpers.images import encode
 from tests.helpers.servers import (
-    TorchServe,
-    archive,
-    launch_torchserve,
     start_torchserve,
     stop_torchserve,
 )
 
 pytestmark = pytest.mark.e2e
 
-TIMEOUT = 120  # seconds per request: generous, the CPU is shared; never asserted on
-RESTART_MARKERS = ("Retry worker", "Worker died", "Backend worker process died")
-
 
 # -- helpers --------------------------------------------------------------------------------------
-
-
-def photo_bytes(width: int, height: int, fmt: str = "PNG", seed: int = 0, **params) -> bytes:
-    return encode(Image.fromarray(photo_array(width, height, seed)), fmt, **params)
-
-
-def post_raw(
-    ts: TorchServe, data: bytes, headers: dict[str, str] | None = None, **options
-) -> requests.Response:
-    """A raw body (as ``curl -T``), options as ``X-Enhance-*`` headers."""
-    sent = {**ts.auth(), "Content-Type": "application/octet-stream", **(headers or {})}
-    sent.update({f"X-Enhance-{name.capitalize()}": str(value) for name, value in options.items()})
-    return requests.post(ts.predictions_url, data=data, headers=sent, timeout=TIMEOUT)
-
-
-def post_form(ts: TorchServe, data: bytes, **fields) -> requests.Response:
-    """Multipart, the image in ``data`` and options as fields (as ``curl -F``)."""
-    form = {name: str(value) for name, value in fields.items()}
-    return requests.post(
-        ts.predictions_url,
-        files={"data": ("photo", data)},
-        data=form,
-        headers=ts.auth(),
-        timeout=TIMEOUT,
-    )
-
-
-def decoded(response: requests.Response) -> Image.Image:
-    assert response.status_code == 200, response.text[:500]
-    return Image.open(io.BytesIO(response.content))
-
-
-def worker(ts: TorchServe) -> dict:
-    """The model's one worker as the management API describes it."""
-    (only,) = ts.model_status()["workers"]
-    return only
-
-
-def assert_alive_and_same(ts: TorchServe, pid: int) -> None:
-    """A good request succeeds and the worker is the one from before, never restarted."""
-    response = post_raw(ts, photo_bytes(24, 16))
-    assert decoded(response).size == (48, 32)
-    now = worker(ts)
-    assert now["status"] == "READY" and now["pid"] == pid, now
-    log = ts.log_text()
-    assert not [marker for marker in RESTART_MARKERS if marker in log]
-
-
-def png_declaring(width: int, height: int) -> bytes:
-    """A valid PNG start (signature, IHDR with its CRC) declaring ``width`` x ``height``."""
-
-    def chunk(kind: bytes, payload: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(payload))
-            + kind
-            + payload
-            + struct.pack(">I", zlib.crc32(kind + payload))
-        )
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", ihdr)
-        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-        + chunk(b"IEND", b"")
-    )
-
-
-def animated_gif() -> bytes:
-    frames = [Image.fromarray(photo_array(20, 20, seed)).convert("P") for seed in range(3)]
-    out = io.BytesIO()
-    frames[0].save(out, "GIF", save_all=True, append_images=frames[1:], duration=100, loop=0)
-    return out.getvalue()
-
-
-def listening_sockets(pid: int) -> list[tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]]:
-    """The TCP sockets process ``pid`` listens on, from /proc (what ``ss -ltnp`` shows for it)."""
-    inodes = set()
-    for fd in Path(f"/proc/{pid}/fd").iterdir():
-        try:
-            target = os.readlink(fd)
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    found = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            if fields[3] != "0A" or fields[9] not in inodes:  # 0A: LISTEN
-                continue
-            host, port = fields[1].split(":")
-            raw = bytes.fromhex(host)
-            # the kernel prints each 32-bit word in host (little-endian) order
-            words = b"".join(raw[i : i + 4][::-1] for i in range(0, len(raw), 4))
-            found.append((ipaddress.ip_address(words), int(port, 16)))
-    return found
-
-
-def is_loopback(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    mapped = getattr(address, "ipv4_mapped", None)
-    return address.is_loopback or bool(mapped and mapped.is_loopback)
 
 
 @pytest.fixture(scope="module")
@@ -284,42 +179,9 @@ def test_concurrent_batch_with_one_bad_request(torchserve, worker_pid):
 # -- bad requests ---------------------------------------------------------------------------------
 
 
-def _truncated_jpeg() -> bytes:
-    data = photo_bytes(120, 90, "JPEG")
-    return data[: len(data) // 2]
-
-
 BAD_REQUESTS = [
-    # (id, how to send, status, type, words the message must hold)
-    (
-        "garbage",
-        lambda ts: post_raw(ts, np.random.default_rng(1).bytes(5000)),
-        400,
-        "BadRequest",
-        "not a readable image",
-    ),
-    ("truncated-jpeg", lambda ts: post_raw(ts, _truncated_jpeg()), 400, "BadRequest", "truncated"),
-    (
-        "png-4097x4097",
-        lambda ts: post_raw(ts, png_declaring(4097, 4097)),
-        413,
-        "PayloadTooLarge",
-        "4097x4097 = 16,785,409 pixels; the limit is 16,777,216 pixels",
-    ),
-    (
-        "png-20000x20000",
-        lambda ts: post_raw(ts, png_declaring(20000, 20000)),
-        413,
-        "PayloadTooLarge",
-        "20000x20000 = 400,000,000 pixels; the limit is 16,777,216 pixels",
-    ),
-    (
-        "png-1x200000000",
-        lambda ts: post_raw(ts, png_declaring(1, 200_000_000)),
-        413,
-        "PayloadTooLarge",
-        "1x200000000 = 200,000,000 pixels; the limit is 16,777,216 pixels",
-    ),
+    # (id, how to send, status, type, words the message must hold); the bad images themselves
+    # (RELIABILITY.md I1-I3, I5) are tests/reliability/test_inputs.py's
     (
         "output-too-large",
         lambda ts: post_raw(ts, photo_bytes(2000, 2000), scale=8),
@@ -363,28 +225,6 @@ BAD_REQUESTS = [
         "option 'format'",
     ),
     (
-        "animated-gif",
-        lambda ts: post_raw(ts, animated_gif()),
-        415,
-        "UnsupportedMediaType",
-        "animated",
-    ),
-    (
-        "html",
-        lambda ts: post_raw(ts, b"<!DOCTYPE html><html><body><script>x()</script></body></html>"),
-        415,
-        "UnsupportedMediaType",
-        "HTML",
-    ),
-    (
-        "psd",
-        lambda ts: post_raw(ts, b"8BPS\x00\x01" + b"\x00" * 40),
-        415,
-        "UnsupportedMediaType",
-        "PSD",
-    ),
-    ("empty-body", lambda ts: post_raw(ts, b""), 400, "BadRequest", "empty image"),
-    (
         "no-image-field",
         lambda ts: requests.post(
             ts.predictions_url, files={"scale": (None, "2")}, headers=ts.auth(), timeout=TIMEOUT
@@ -409,59 +249,6 @@ def test_bad_request_is_refused_and_worker_lives(torchserve, worker_pid, send, s
     assert body["code"] == status and body["type"] == kind
     assert words in body["message"], body["message"]
     assert_alive_and_same(torchserve, worker_pid)
-
-
-# -- security (RELIABILITY.md section 6) -----------------------------------------------------------
-
-
-def test_s1_every_port_on_loopback_and_no_model_registration(torchserve):
-    """S1: all five listeners on 127.0.0.1 only, none in the worker; POST /models is a 405."""
-    jvm = torchserve.pid()
-    sockets = listening_sockets(jvm)
-    expected = {
-        torchserve.ports[key]
-        for key in (
-            "inference_address",
-            "management_address",
-            "metrics_address",
-            "grpc_inference_port",
-            "grpc_management_port",
-        )
-    }
-    assert {port for _, port in sockets} == expected, sockets
-    assert all(is_loopback(address) for address, _ in sockets), sockets
-    assert listening_sockets(worker(torchserve)["pid"]) == []
-
-    response = requests.post(
-        f"{torchserve.management_url}/models",
-        params={"url": "http://127.0.0.1:9/evil.mar"},
-        headers={"Authorization": f"Bearer {torchserve.key('management')}"},
-        timeout=TIMEOUT,
-    )
-    assert response.status_code == 405
-    assert response.json()["type"] == "MethodNotAllowedException"
-    log = torchserve.log_text()
-    assert "can access any URL" not in log
-    assert "Model API enabled: false" in log
-
-
-@pytest.mark.parametrize("where", ["ping", "predictions", "management"])
-def test_s2_token_required_everywhere(torchserve, where):
-    """S2: no or a wrong token is a 400 InvalidKeyException, /ping included; the right one works."""
-    if where == "management":
-        url, right = f"{torchserve.management_url}/models", torchserve.key("management")
-    else:
-        url, right = f"{torchserve.inference_url}/ping", torchserve.key()
-    call = requests.get
-    kwargs: dict = {}
-    if where == "predictions":
-        url, call, kwargs = torchserve.predictions_url, requests.post, {"data": photo_bytes(10, 10)}
-    for headers in ({}, {"Authorization": "Bearer wrong-key"}, {"Authorization": right}):
-        response = call(url, headers=headers, timeout=TIMEOUT, **kwargs)
-        assert response.status_code == 400, response.text
-        assert response.json()["type"] == "InvalidKeyException"
-    response = call(url, headers={"Authorization": f"Bearer {right}"}, timeout=TIMEOUT, **kwargs)
-    assert response.status_code == 200, response.text[:300]
 
 
 def test_metrics_need_no_token_so_the_port_stays_local(torchserve):
@@ -516,73 +303,6 @@ def test_worker_uses_every_core(torchserve):
     environ = Path(f"/proc/{worker(torchserve)['pid']}/environ").read_bytes().split(b"\0")
     assert not [entry for entry in environ if entry.startswith(b"OMP_NUM_THREADS=")]
     assert f"CPU inference with {len(os.sched_getaffinity(0))} threads" in torchserve.log_text()
-
-
-def _rezip(good: Path, target: Path, member: str, change) -> Path:
-    """A valid zip holding ``good``'s members, with ``member``'s bytes passed through ``change``."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with zipfile.ZipFile(good) as source, zipfile.ZipFile(target, "w") as out:
-        for info in source.infolist():
-            data = source.read(info)
-            out.writestr(info, change(data) if info.filename == member else data)
-    return target
-
-
-def _flip_middle(data: bytes) -> bytes:
-    flipped = bytearray(data)
-    flipped[len(flipped) // 2] ^= 0x01
-    return bytes(flipped)
-
-
-def test_s5_tampered_model_is_refused_before_start_and_by_the_worker(tmp_path, sr_model):
-    """S5: a .mar whose weights changed (a valid zip) is refused by the check before the start,
-    naming the member; skipping that check, the worker refuses it (its manifest, then the card)."""
-    good = archive.build_archive(sr_model, export_path=tmp_path / "good", store=True)
-    tampered = _rezip(good, tmp_path / "store" / "enhancer.mar", sr_model.name, _flip_middle)
-    started = time.monotonic()
-    with pytest.raises(serve.ServeError, match="member enhancer.pt differs from its sha256"):
-        launch_torchserve(tampered, tmp_path / "ts", timeout=120)
-    assert time.monotonic() - started < 20
-    with pytest.raises(serve.ServeError) as caught:
-        launch_torchserve(tampered, tmp_path / "ts2", timeout=120, verify=False)
-    message = str(caught.value)
-    assert "cannot load model 'enhancer'" in message
-    assert "ArchiveDamagedError: the archive is damaged: enhancer.pt has sha256" in message
-    assert "no READY worker after" not in message  # reported from the log, not by the timeout
-
-
-def test_s5_an_edited_handler_inside_the_archive_refuses_the_worker_start(tmp_path, sr_model):
-    """A handler changed inside the .mar (the red team's case: it used to start and run)."""
-    good = archive.build_archive(sr_model, export_path=tmp_path / "good", store=True)
-    edited = _rezip(
-        good,
-        tmp_path / "store" / "enhancer.mar",
-        "enhancer_handler.py",
-        lambda data: data + b"\nprint('edited')\n",
-    )
-    started = time.monotonic()
-    with pytest.raises(serve.ServeError) as caught:
-        launch_torchserve(edited, tmp_path / "ts", timeout=120, verify=False)
-    assert "the archive is damaged: enhancer_handler.py has sha256" in str(caught.value)
-    assert time.monotonic() - started < 60  # the 20 s of the issue, with room for a loaded CPU
-
-
-@pytest.mark.parametrize("verify", [True, False])
-def test_s5_one_flipped_byte_in_the_mar_fails_the_start_saying_it_is_damaged(
-    tmp_path, sr_model, verify
-):
-    """One flipped byte in a built (compressed) .mar: refused before the start by its recorded
-    sha256; without that check, TorchServe cannot unpack it and the start fails at once saying so
-    (it used to wait for a READY worker until the timeout)."""
-    mar = archive.build_archive(sr_model, export_path=tmp_path / "store")
-    data = bytearray(mar.read_bytes())
-    data[len(data) // 2] ^= 0x01
-    mar.write_bytes(bytes(data))
-    started = time.monotonic()
-    with pytest.raises(serve.ServeError, match="enhancer.mar is damaged") as caught:
-        launch_torchserve(mar, tmp_path / "ts", timeout=120, verify=verify)
-    took = time.monotonic() - started
-    assert took < (1 if verify else 20), (took, str(caught.value)[:300])
 
 
 # -- limits (a server of its own: small max_request_size and max_output_bytes) ---------------------

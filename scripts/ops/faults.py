@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from enhancer.client import TorchServeClient, TorchServeError, worker_statuses
+from enhancer.client import TorchServeClient, TorchServeError
 
 
 @dataclass
@@ -42,6 +42,7 @@ class KillReport:
         retry: whether the clients retried a worker death once.
         kill_times: monotonic time of each kill.
         recovery_s: per kill, seconds from the kill to the next successful answer.
+        ready_s: per kill, seconds from the kill until a new worker process is READY.
         lost: per kill, the requests in flight at the kill that failed.
         outcomes: every request.
     """
@@ -49,6 +50,7 @@ class KillReport:
     retry: bool
     kill_times: list[float] = field(default_factory=list)
     recovery_s: list[float] = field(default_factory=list)
+    ready_s: list[float] = field(default_factory=list)
     lost: list[int] = field(default_factory=list)
     outcomes: list[Outcome] = field(default_factory=list)
 
@@ -61,7 +63,8 @@ class KillReport:
         return (
             f"{'with' if self.retry else 'without'} retry: {len(self.kill_times)} kills under "
             f"load, {len(self.outcomes)} requests, {len(self.failed)} failed "
-            f"({', '.join(kinds) or 'none'}); lost per kill {self.lost}; recovery "
+            f"({', '.join(kinds) or 'none'}); lost per kill {self.lost}; new worker READY after "
+            f"{', '.join(f'{s:.1f}' for s in self.ready_s)} s; next success after "
             f"{', '.join(f'{s:.1f}' for s in self.recovery_s)} s"
         )
 
@@ -141,10 +144,16 @@ def kill_under_load(
             os.kill(pid, signal.SIGKILL)
             report.kill_times.append(killed)
             log(f"kill {number + 1}: worker pid {pid} killed")
+            ready = False
             while True:
+                if not ready:
+                    now = worker_pid(client)
+                    if now is not None and now != pid:
+                        ready = True
+                        report.ready_s.append(time.monotonic() - killed)
                 with lock:
                     after = [o for o in report.outcomes if o.result == "ok" and o.started > killed]
-                if after and "READY" in worker_statuses(client.model_status()):
+                if after and ready:
                     report.recovery_s.append(min(o.ended for o in after) - killed)
                     break
                 if time.monotonic() - killed > recovery_timeout_s:

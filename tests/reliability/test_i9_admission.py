@@ -1,7 +1,7 @@
-"""Admission by cost through a real TorchServe: a stand-in model of known, real cost (a wide,
-deep TinySR), a short ``responseTimeout``, and the boundary: the largest scale the server admits
-for an image finishes well inside the timeout (no worker restart), the next hundredth is refused
-at once with a 413 that names the estimate, the budget and that scale."""
+"""RELIABILITY.md I9, admission by cost through a real TorchServe: a stand-in model of known, real
+cost (a wide, deep TinySR), a short ``responseTimeout``, and the boundary: the largest scale the
+server admits for an image finishes well inside the timeout (no worker restart), the next
+hundredth is refused at once with a 413 that names the estimate, the budget and that scale."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from tests.helpers.images import encode, photo_array
 from tests.helpers.servers import start_torchserve, stop_torchserve
 from tests.helpers.tiny_models import slow_sr
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, pytest.mark.reliability]
 
 RESPONSE_TIMEOUT = 24  # seconds; the budget is half of it
 RESTART_MARKERS = ("Retry worker", "Worker died", "Backend worker process died")
@@ -48,7 +48,7 @@ def post(ts, data: bytes, scale: str) -> requests.Response:
     return requests.post(ts.predictions_url, data=data, headers=headers, timeout=120)
 
 
-def test_the_largest_admitted_scale_finishes_and_the_next_is_refused(slow_server):
+def test_i9_the_largest_admitted_scale_finishes_and_the_next_is_refused(slow_server):
     ts, model = slow_server
     found = _CALIBRATED.search(ts.log_text())
     assert found, "the worker logs its calibration"
