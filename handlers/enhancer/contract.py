@@ -52,6 +52,7 @@ DENOISE_DEFAULT = 0.5
 # does not. The response header says how many faces were found, or "unavailable" where the
 # deployment has no face model or no detector weights (auto then means off).
 FACES_MODES = ("auto", "off")
+FACES_DEFAULT = "auto"
 FACES_HEADER = "X-Enhance-Faces"
 FACES_UNAVAILABLE = "unavailable"
 # The face model's file inside the archive (face.json beside it).

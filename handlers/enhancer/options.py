@@ -14,6 +14,7 @@ from collections.abc import Mapping
 
 from enhancer.card import ModelCard
 from enhancer.contract import (
+    FACES_DEFAULT,
     FACES_MODES,
     FALSE_WORDS,
     FORMAT_ALIASES,
@@ -64,7 +65,7 @@ class Options:
     enhance_first: bool = False
     compare: bool = False
     metadata: str = METADATA_DEFAULT
-    faces: str = "auto"
+    faces: str = FACES_DEFAULT
 
 
 def _text(name: str, value: object) -> str:
