@@ -105,9 +105,13 @@ def face_track(root: Path, general: Enhancer, detector, denoise: float) -> None:
     print(f"| whole image | {mean[1]:.2f} | {mean[3]:.2f} | {mean[5]:.2f} |")
 
 
-def sheets(root: Path, general: Enhancer, detector, denoise: float, out: Path) -> None:
+def sheets(
+    root: Path, general: Enhancer, detector, denoise: float, out: Path, only: list[str]
+) -> None:
     out.mkdir(parents=True, exist_ok=True)
     for p in sorted((root / "real_lq").iterdir()):
+        if only and p.name not in only:
+            continue
         img = Image.open(p).convert("RGB")
         w, h = img.size
         bic = img.resize((2 * w, 2 * h), Image.Resampling.BICUBIC)
@@ -147,6 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         help="the general model's level (1: the restore model the face model is fine-tuned from)",
     )
     ap.add_argument("--sheets", help="write the real_lq contact sheets here")
+    ap.add_argument("--only", nargs="*", default=[], help="real_lq file names to sheet")
     ap.add_argument("--skip", nargs="*", default=[], choices=("detect", "track", "sheets"))
     ap.add_argument("--threads", type=int, default=0)
     args = ap.parse_args(argv)
@@ -162,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     if "track" not in args.skip:
         face_track(root, engine, detector, args.denoise)
     if args.sheets and "sheets" not in args.skip:
-        sheets(root, engine, detector, args.denoise, Path(args.sheets))
+        sheets(root, engine, detector, args.denoise, Path(args.sheets), args.only)
     return 0
 
 

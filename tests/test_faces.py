@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from enhancer import faces
+from enhancer.contract import FACES_DEFAULT
 from enhancer.errors import OptionError
 from enhancer.options import parse_options
 from tests.helpers.faces import DRAWN_LANDMARKS, drawn_face
@@ -141,7 +142,8 @@ def test_the_faces_option(sr_model):
     from enhancer.settings import EnhancerSettings
 
     card, settings = ModelCard.load(sr_model.with_suffix(".json")), EnhancerSettings()
-    assert parse_options({}, card, settings).faces == "auto"
+    assert parse_options({}, card, settings).faces == FACES_DEFAULT == "off"  # by measurement
+    assert parse_options({"faces": "auto"}, card, settings).faces == "auto"
     assert parse_options({"faces": b"OFF"}, card, settings).faces == "off"
     with pytest.raises(OptionError, match="faces"):
         parse_options({"faces": "maybe"}, card, settings)
@@ -155,7 +157,8 @@ def _png(img: Image.Image) -> bytes:
 
 def test_without_a_face_model_faces_are_reported_unavailable(enhancer):
     data = _png(drawn_face(64))
-    assert enhancer.enhance(data).headers["X-Enhance-Faces"] == "unavailable"
+    assert enhancer.enhance(data, {"faces": "auto"}).headers["X-Enhance-Faces"] == "unavailable"
+    assert "X-Enhance-Faces" not in enhancer.enhance(data).headers  # the default is off
     assert "X-Enhance-Faces" not in enhancer.enhance(data, {"faces": "off"}).headers
 
 
@@ -167,11 +170,14 @@ def test_the_engine_restores_the_faces_it_finds(sr_model, tmp_path):
     engine = Enhancer.load(sr_model, face_path=face_pt)
     assert engine.faces is not None
     data = _png(drawn_face(160))
-    with_faces = engine.enhance(data, {"format": "png"})
+    with_faces = engine.enhance(data, {"format": "png", "faces": "auto"})
     assert with_faces.headers["X-Enhance-Faces"] == "1"
     without = engine.enhance(data, {"format": "png", "faces": "off"})
     assert "X-Enhance-Faces" not in without.headers
     assert with_faces.data != without.data
     assert (
-        engine.enhance(_png(Image.new("RGB", (64, 48), "gray"))).headers["X-Enhance-Faces"] == "0"
+        engine.enhance(_png(Image.new("RGB", (64, 48), "gray")), {"faces": "auto"}).headers[
+            "X-Enhance-Faces"
+        ]
+        == "0"
     )
