@@ -181,3 +181,14 @@ def test_the_engine_restores_the_faces_it_finds(sr_model, tmp_path):
         ]
         == "0"
     )
+
+
+def test_the_archive_ships_a_face_model_found_beside_the_model(tmp_path):
+    from scripts.ops.archive import face_beside
+
+    model = tmp_path / "enhancer.pt"
+    model.write_bytes(b"x")
+    assert face_beside(model) == []
+    save_model(tmp_path, TinySR(), name="face")
+    assert face_beside(model) == [tmp_path / "face.pt", tmp_path / "face.json"]
+    assert face_beside(tmp_path / "face.pt") == []  # a face model is never its own face model
