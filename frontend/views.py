@@ -30,6 +30,7 @@ from enhancer.contract import (
     CONTENT_TYPES,
     DENOISE_DEFAULT,
     DENOISE_LEVELS,
+    FACES_DEFAULT,
     FILE_EXTENSIONS,
     FORMAT_ALIASES,
     FORMATS,
@@ -212,6 +213,7 @@ def index():
         max_text=_megabytes(limit),
         denoise_steps=len(DENOISE_LEVELS) - 1,
         denoise_default=DENOISE_LEVELS.index(DENOISE_DEFAULT),
+        faces_default=FACES_DEFAULT,
     )
 
 

@@ -54,6 +54,10 @@ if [ ! -f "$stamp" ]; then
     fi
     touch "$stamp"
 fi
+# The face path's detector weights (enhancer/faces.py reads facenet-pytorch's shipped pnet/rnet/
+# onet.pt, never its code): the wheel pins old torch/numpy/Pillow, so install it without its deps.
+.venv/bin/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('facenet_pytorch') is None)" \
+    || "${pip[@]}" --no-deps "facenet-pytorch==2.6.0"
 # The project's own packages (enhancer, frontend, scripts) are installed editable: an install made
 # before their folders existed (the Docker image installs the dependencies before copying the code)
 # does not know them, so register them again, without touching the dependencies.

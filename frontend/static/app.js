@@ -117,6 +117,7 @@
     };
     if (options.format !== 'png') options.quality = data.get('quality');
     if (data.get('enhance_first')) options.enhance_first = 'true';
+    options.faces = data.get('faces') ? 'auto' : 'off';
     if (!denoise.disabled) options.denoise = String(config.denoiseLevels[Number(denoise.value)]);
     return options;
   }

@@ -28,7 +28,7 @@ from PIL import Image
 from enhancer.admission import Estimator, Throughput, largest_scale, work
 from enhancer.card import ModelCard
 from enhancer.compare import compare_size, side_by_side
-from enhancer.contract import SCALE_USED_HEADER
+from enhancer.contract import FACES_HEADER, FACES_UNAVAILABLE, SCALE_USED_HEADER
 from enhancer.errors import (
     Busy,
     EnhanceError,
@@ -38,6 +38,7 @@ from enhancer.errors import (
     PayloadTooLarge,
     TooMuchWork,
 )
+from enhancer.faces import FacePath
 from enhancer.family import DENOISE_LEVELS, blend, check_family, snap
 from enhancer.imaging import (
     CONTENT_TYPES,
@@ -88,6 +89,7 @@ class Job:
     denoise: float | None = None  # the level it runs at, when the engine has a model family
     estimate: float | None = None  # seconds it should take, when the engine admits by cost
     color: torch.Tensor | None = None  # the enhanced colour planes once ``run`` succeeded
+    faces: str | None = None  # X-Enhance-Faces: faces found, or "unavailable" (faces.py)
     error: EnhanceError | None = None
 
 
@@ -169,6 +171,8 @@ class Enhancer:
         # Admission by cost (admission.py): off until ``admit_within`` gives a budget.
         self.budget: float | None = None
         self.throughput: Throughput | None = None
+        # The face path (faces.py), when a face model is served and the detector is installed.
+        self.faces: FacePath | None = None
 
     @classmethod
     def load(
@@ -179,6 +183,7 @@ class Enhancer:
         device: str | torch.device = "cpu",
         settings: EnhancerSettings | None = None,
         restore_path: str | Path | None = None,
+        face_path: str | Path | None = None,
     ) -> Enhancer:
         """Load a model and its card, refusing a model whose sha256 does not match the card.
 
@@ -189,6 +194,9 @@ class Enhancer:
             settings: defaults to ``EnhancerSettings()``.
             restore_path: the ``restore`` model of the same family as this (``clean``) one, with
                 its card beside it: enables the ``denoise`` option (family.py).
+            face_path: the face model (``face.pt``, card beside it): enables ``faces=auto``
+                where the detector's weights are installed (faces.py); else faces are reported
+                unavailable.
 
         Raises:
             ValueError: invalid card, or a model file that does not match it.
@@ -214,7 +222,15 @@ class Enhancer:
             runner.dtype,
             runner.backend,
         )
-        return cls(runner, card, settings, levels)
+        engine = cls(runner, card, settings, levels)
+        if face_path is not None:
+            engine.faces = FacePath.load(Path(face_path), torch.device(device), settings)
+            if engine.faces is None:
+                logger.warning(
+                    "face model given but no detector weights (pip install --no-deps "
+                    "facenet-pytorch): faces unavailable"
+                )
+        return engine
 
     # -- stage 1 ---------------------------------------------------------------------------------
 
@@ -527,6 +543,22 @@ class Enhancer:
             return
         for job, color in zip(jobs, colors, strict=True):
             job.color = color
+            self._restore_faces(job)
+
+    def _restore_faces(self, job: Job) -> None:
+        """The face path (faces.py) over a job's enhanced colour, when asked for and served."""
+        if job.options.faces == "off":
+            return
+        if self.faces is None:
+            job.faces = FACES_UNAVAILABLE
+            return
+        try:
+            job.color, found = self.faces.apply(self._model_input(job.picture), job.color)
+        except Exception:  # noqa: BLE001 - a face pass never fails a request
+            logger.exception("the face path failed; answering the general output")
+            job.faces = "error"
+            return
+        job.faces = str(found)
 
     def _model_input(self, picture: Picture) -> torch.Tensor:
         color = picture.color.to(self.device, non_blocking=True)
@@ -653,6 +685,8 @@ class Enhancer:
         headers = {SCALE_USED_HEADER: f"{job.options.scale:g}"}
         if job.denoise is not None:
             headers["X-Enhance-Denoise"] = f"{job.denoise:g}"
+        if job.faces is not None:
+            headers[FACES_HEADER] = job.faces
         width, height = compare_size(*job.target) if job.options.compare else job.target
         return Result(data, CONTENT_TYPES[job.format], job.format, width, height, headers)
 

@@ -14,6 +14,8 @@ from collections.abc import Mapping
 
 from enhancer.card import ModelCard
 from enhancer.contract import (
+    FACES_DEFAULT,
+    FACES_MODES,
     FALSE_WORDS,
     FORMAT_ALIASES,
     FORMATS,
@@ -49,6 +51,7 @@ class Options:
         enhance_first: one restoring pass at the input size before enlarging.
         compare: answer the plain resize and the result side by side (compare.py).
         metadata: "keep", "strip-location" or "strip" (imaging/metadata.py).
+        faces: "auto" (restore detected faces with the face model, where one is served) or "off".
     """
 
     scale: float = 2.0
@@ -62,6 +65,7 @@ class Options:
     enhance_first: bool = False
     compare: bool = False
     metadata: str = METADATA_DEFAULT
+    faces: str = FACES_DEFAULT
 
 
 def _text(name: str, value: object) -> str:
@@ -186,6 +190,12 @@ def parse_options(
             choices = ", ".join(METADATA_MODES)
             raise OptionError("metadata", f"'{text['metadata'][:40]}' is not one of {choices}")
         kwargs["metadata"] = mode
+
+    if "faces" in text:
+        mode = text["faces"].lower()
+        if mode not in FACES_MODES:
+            raise OptionError("faces", f"'{text['faces'][:40]}' is not one of auto, off")
+        kwargs["faces"] = mode
 
     return Options(**kwargs)  # type: ignore[arg-type]
 

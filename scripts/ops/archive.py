@@ -27,7 +27,7 @@ import zlib
 from pathlib import Path
 
 from enhancer.card import ModelCard, file_sha256
-from enhancer.contract import MODEL_NAME, RESTORE_FILE
+from enhancer.contract import FACE_FILE, MODEL_NAME, RESTORE_FILE
 from enhancer.family import check_family
 from enhancer.integrity import MANIFEST_FILE, ArchiveDamagedError, manifest_text, parse_manifest
 from scripts.ops.paths import DEFAULT_MODEL, HANDLER, HANDLERS, MODEL_CONFIG, MODEL_STORE, PACKAGE
@@ -94,6 +94,14 @@ def stage_package(folder: Path) -> Path:
     return Path(folder)
 
 
+def face_beside(model: Path) -> list[Path]:
+    """The face model (``face.pt`` + ``face.json``) in ``model``'s folder, shipped in the archive
+    beside it (enables ``faces=auto``; enhancer/faces.py), or [] when it is not there."""
+    face = Path(model).with_name(FACE_FILE)
+    card = face.with_suffix(".json")
+    return [face, card] if face.is_file() and card.is_file() and face != Path(model) else []
+
+
 def is_stale(
     mar: Path,
     model: Path,
@@ -113,6 +121,7 @@ def is_stale(
     inputs = archive_inputs(model, config_file)
     if restore is not None:
         inputs = [*inputs, Path(restore), Path(restore).with_suffix(".json")]
+    inputs = [*inputs, *face_beside(model)]
     if not mar.exists() or any(path.stat().st_mtime > mar.stat().st_mtime for path in inputs):
         return True
     if not sidecar(mar).exists():
@@ -136,6 +145,11 @@ def is_stale(
             # the restore model ships as restore.pt + restore.json; its card covers the .pt
             members = set(archive.namelist())
             if MANIFEST_FILE not in members:
+                return True
+            face = face_beside(model)
+            if (FACE_FILE in members) != bool(face) or (
+                face and archive.read(face[1].name) != face[1].read_bytes()
+            ):
                 return True
             if restore is None:
                 if RESTORE_FILE in members:
@@ -252,6 +266,8 @@ def build_archive(
             shutil.copy(restore, pair / RESTORE_FILE)
             shutil.copy(restore.with_suffix(".json"), pair / "restore.json")
             extra += f",{pair / RESTORE_FILE},{pair / 'restore.json'}"
+        for path in face_beside(model):  # face.pt + face.json: the face path (faces.py)
+            extra += f",{path}"
         command = [extra if part == "{extra}" else part for part in command]
         done = subprocess.run(command, capture_output=True, text=True)
     if done.returncode != 0:

@@ -25,7 +25,7 @@ from typing import Any
 
 import yaml
 
-from enhancer.contract import MODEL_NAME
+from enhancer.contract import FACE_FILE, MODEL_NAME
 from enhancer.engine import Enhancer, configure_cpu_threads
 from enhancer.settings import EnhancerSettings
 from scripts.ops.paths import CONFIG as TORCHSERVE_CONFIG
@@ -156,7 +156,11 @@ def load_enhancer(model: Path, device: str, settings: EnhancerSettings) -> Enhan
     restore = restore_beside(model)  # a restore.pt beside it: the clean/restore pair (denoise)
     if restore is not None:
         logger.info("serving the clean/restore pair: %s and %s", model.name, restore.name)
-    return Enhancer.load(model, device=device, settings=settings, restore_path=restore)
+    face = model.with_name(FACE_FILE)  # a face.pt beside it: the face path (faces option)
+    face = face if face.exists() and face.with_suffix(".json").exists() else None
+    return Enhancer.load(
+        model, device=device, settings=settings, restore_path=restore, face_path=face
+    )
 
 
 def wait_model_ready(url: str, model_name: str, timeout: float) -> float:

@@ -17,7 +17,13 @@ from typing import Any
 import torch
 
 import enhancer
-from enhancer.contract import OPTION_HEADER_PREFIX, OPTION_NAMES, RESTORE_FILE, header_option
+from enhancer.contract import (
+    FACE_FILE,
+    OPTION_HEADER_PREFIX,
+    OPTION_NAMES,
+    RESTORE_FILE,
+    header_option,
+)
 from enhancer.engine import Enhancer, configure_cpu_threads
 from enhancer.errors import BadRequest, OptionError
 from enhancer.settings import EnhancerSettings
@@ -60,7 +66,16 @@ def load_engine(context: Any) -> tuple[Enhancer, EnhancerSettings, torch.device]
     # ``denoise`` option moves between them (family.py; scripts.archive --restore).
     restore = model_dir / RESTORE_FILE
     restore = restore if restore.exists() and restore != model_path else None
-    engine = Enhancer.load(model_path, device=device, settings=settings, restore_path=restore)
+    # A face model shipped beside it enables ``faces=auto`` (faces.py; scripts.archive --face);
+    # the detector's weights are read from the installed facenet-pytorch wheel (same venv).
+    face = model_dir / FACE_FILE
+    engine = Enhancer.load(
+        model_path,
+        device=device,
+        settings=settings,
+        restore_path=restore,
+        face_path=face if face.exists() else None,
+    )
     engine.admit_by_cost(context.model_yaml_config)
     return engine, settings, device
 
