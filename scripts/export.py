@@ -3,7 +3,7 @@
     # a model trained by scripts/train.py (the shipped default)
     .venv/bin/python -m scripts.export --weights runs/default/model.pth \
         --out model_store/enhancer.pt --tile 256 --overlap auto \
-        --seam-image ../shared/data/eval/kodak24/kodim01.png
+        --photos ../shared/data/train/wiki ../shared/data/train/skimage
 
     # a fastai-course DynamicUnet: the pickled learner from learn.export() ...
     .venv/bin/python -m scripts.export --learner export.pkl --out model_store/mine.pt --tile 256
@@ -16,6 +16,12 @@ ImageNet-normalised images on both sides, is wrapped with that normalisation (``
 ``--out-norm``). The trace is proved before anything is written: traced equals eager (atol 1e-4)
 on fresh inputs at the served tile and at one other size, the saved file reloads and agrees, the
 output has the right shape and is finite and in [0, 1]. Any failure exits with status 1.
+
+``--overlap auto`` measures the context the tiles need on the photos (scripts/ops/overlap.py: how
+far a window's edge reaches in, worst case over the photos, then tiles through the planner checked
+against one whole-image run on every photo, within 1/255) and records it under the card's
+``export.context``; a fixed ``--overlap`` with photos is checked the same way. Re-measure a model
+already exported, without touching it, with ``python -m scripts.overlap``.
 """
 
 from __future__ import annotations
@@ -81,10 +87,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--overlap",
         default="32",
-        help="context pixels per tile edge, or 'auto' (needs --seam-image)",
+        help="context pixels per tile edge, or 'auto': measured on --photos",
     )
     ap.add_argument(
-        "--seam-image", help="a real photo: measure tiled-vs-whole difference (must be < 1/255)"
+        "--photos",
+        "--seam-image",
+        dest="photos",
+        nargs="+",
+        help="real photos (files or folders): measure the overlap (auto) or check the given one; "
+        "tiles must stay within 1/255 of the whole image on every photo",
+    )
+    ap.add_argument(
+        "--blend", type=int, default=4, help="cross-fade pixels between tiles (default 4)"
+    )
+    ap.add_argument(
+        "--check-photos",
+        type=int,
+        default=None,
+        help="photos the full tiled-vs-whole check runs on (default: all)",
     )
     ap.add_argument("--atol", type=float, default=1e-4, help="traced vs eager tolerance")
     ap.add_argument(
