@@ -94,6 +94,21 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-e2e", action="store_true", help="skip the TorchServe part")
     parser.add_argument(
+        "--tile-sweep",
+        type=int,
+        nargs="*",
+        default=None,
+        metavar="TILE",
+        help="only time the model on windows of these sizes per CPU backend (--sweep-backends), "
+        "interleaved, --reps rounds, and print the output MP/s each tile gives at 1 MP x2",
+    )
+    parser.add_argument(
+        "--sweep-backends",
+        nargs="+",
+        default=["openvino", "torchscript"],
+        help="backends for --tile-sweep (default: %(default)s)",
+    )
+    parser.add_argument(
         "--ratios-only",
         action="store_true",
         help="print the planner's model pixels per output pixel per case and tile, run nothing",

@@ -1,8 +1,12 @@
 """Measure the context (overlap) a served model's tiles need, on real photos, and record it.
 
-    .venv/bin/python -m scripts.overlap --model model_store/enhancer.pt --write-card
-    .venv/bin/python -m scripts.overlap --model model_store/restore.pt \
+    .venv/bin/python -m scripts.overlap --models model_store/enhancer.pt model_store/restore.pt \
+        --write-card
+    .venv/bin/python -m scripts.overlap --models model_store/mine.pt \
         --photos ../shared/data/train/wiki ../shared/data/train/skimage --blend 4 --write-card
+
+Models named together are served as one family (the clean/restore pair, blended by ``denoise``):
+they share one overlap and blend, the largest any of them needs, checked on each.
 
 The method (scripts/ops/overlap.py): each photo's centre window run alone and inside more of the
 photo, the difference by distance from the window edge; the overlap is the smallest distance past
@@ -23,7 +27,14 @@ from pathlib import Path
 import torch
 
 from enhancer.card import ModelCard
-from scripts.ops.overlap import DEFAULT_LIMIT, load_photo, measure, photo_paths
+from scripts.ops.overlap import (
+    DEFAULT_LIMIT,
+    load_photo,
+    measure,
+    needed_overlap,
+    photo_paths,
+    profile_photos,
+)
 
 DEFAULT_PHOTOS = ("../shared/data/train/wiki", "../shared/data/train/skimage")
 
@@ -34,7 +45,13 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.add_argument("--model", type=Path, default=Path("model_store/enhancer.pt"))
+    parser.add_argument(
+        "--models",
+        nargs="+",
+        type=Path,
+        default=[Path("model_store/enhancer.pt"), Path("model_store/restore.pt")],
+        help="models of one family (default: %(default)s)",
+    )
     parser.add_argument(
         "--photos",
         nargs="+",
@@ -48,6 +65,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--check", type=int, default=None, help="photos for the full tiled-vs-whole check"
     )
+    parser.add_argument(
+        "--check-side", type=int, default=None, help="crop checked photos to this side"
+    )
+    parser.add_argument(
+        "--window", type=int, default=96, help="edge-profile window side (default: 96)"
+    )
+    parser.add_argument(
+        "--reach", type=int, default=48, help="context around that window (default: 48)"
+    )
+    parser.add_argument(
+        "--every", type=int, default=1, help="use every N-th photo found (default: all)"
+    )
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: all cores)")
     parser.add_argument(
         "--backend", default="auto", help="CPU backend: auto, torchscript, openvino"
@@ -59,29 +88,52 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    card_path = args.model.with_suffix(".json")
-    card = ModelCard.load(card_path)
-    card.verify(args.model)
-    runner = ModelRunner(args.model, card, torch.device("cpu"), "float32", args.backend)
-    paths = photo_paths(args.photos)
+    paths = photo_paths(args.photos)[:: args.every]
     photos = [(path.name, load_photo(path)) for path in paths]
-    print(f"{args.model} on {runner.backend}: {len(photos)} photos from {', '.join(args.photos)}")
-    record = measure(
-        runner,
-        photos,
-        scale=card.scale,
-        multiple=card.multiple,
-        blend=args.blend,
-        limit=args.limit / 255,
-        check=args.check,
-    )
-    record["photos_from"] = list(args.photos)
-    record["backend"] = runner.backend
-    record["command"] = "scripts/overlap.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    print(json.dumps({k: v for k, v in record.items() if k != "photos"}, indent=2))
-    if args.write_card:
-        write_card(card_path, record)
-        print(f"wrote overlap {record['overlap']}, blend {record['blend']} to {card_path}")
+    limit = args.limit / 255
+    loaded = []
+    for model in args.models:
+        card_path = model.with_suffix(".json")
+        card = ModelCard.load(card_path)
+        card.verify(model)
+        runner = ModelRunner(model, card, torch.device("cpu"), "float32", args.backend)
+        print(f"{model} on {runner.backend}: {len(photos)} photos from {', '.join(args.photos)}")
+        profiled = profile_photos(
+            runner,
+            photos,
+            scale=card.scale,
+            multiple=card.multiple,
+            window=args.window,
+            reach=args.reach,
+            limit=limit,
+        )
+        loaded.append((model, card_path, card, runner, profiled))
+    shared = max(needed_overlap(profiled[0], limit) for *_, profiled in loaded)
+    command = "scripts/overlap.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    for model, card_path, card, runner, profiled in loaded:
+        print(f"{model}: checking overlap {shared}")
+        record = measure(
+            runner,
+            photos,
+            scale=card.scale,
+            multiple=card.multiple,
+            blend=args.blend,
+            limit=limit,
+            check=args.check,
+            check_side=args.check_side,
+            window=args.window,
+            reach=args.reach,
+            overlap=shared,
+            profiled=profiled,
+        )
+        record["photos_from"] = list(args.photos)
+        record["family"] = [m.name for m in args.models]
+        record["backend"] = runner.backend
+        record["command"] = command
+        print(json.dumps({k: v for k, v in record.items() if k != "photos"}, indent=2))
+        if args.write_card:
+            write_card(card_path, record)
+            print(f"wrote overlap {record['overlap']}, blend {record['blend']} to {card_path}")
     return 0
 
 

@@ -331,3 +331,42 @@ def test_strided_unet_with_too_little_overlap_differs(unet):
     )[0]
     whole = whole_apply(image, _run(unet), scale=2, context=1 + 16, multiple=4)
     assert (tiled - whole).abs().max() > 1 / 255
+
+
+# -- the card's blend ------------------------------------------------------------------------------
+
+
+def _card(**fields):
+    from enhancer.card import ModelCard
+
+    data = {
+        "name": "tiny",
+        "version": "test",
+        "scale": 2,
+        "multiple": 4,
+        "tile": 64,
+        "overlap": 12,
+        "dtypes": ["float32"],
+        "sha256": "0" * 64,
+        "dynamic": True,
+    }
+    data.update(fields)
+    return ModelCard.from_dict(data)
+
+
+def test_card_blend_is_optional_validated_and_round_trips():
+    assert _card().blend is None and "blend" not in _card().to_dict()  # older cards unchanged
+    assert _card(blend=4).blend == 4 and _card(blend=4).to_dict()["blend"] == 4
+    for bad in (-1, 2.5, True, "4"):
+        with pytest.raises(ValueError, match="blend"):
+            _card(blend=bad)
+    with pytest.raises(ValueError, match="no step"):
+        _card(blend=40)  # 2*12 + 40 + 4 > 64: no room for one step of the grid
+
+
+def test_family_needs_the_same_blend():
+    from enhancer.family import check_family
+
+    check_family(_card(blend=4), _card(blend=4))
+    with pytest.raises(ValueError, match="blend"):
+        check_family(_card(blend=4), _card(blend=8))

@@ -577,6 +577,48 @@ def overhead_report(card: ModelCard, cases: list[str], tiles: dict[str, int]) ->
     return "\n".join(lines)
 
 
+def tile_sweep(model: Path, backends: list[str], tiles: list[int], reps: int) -> str:
+    """Model throughput per window size and backend, and what it makes of a 1 MP x2 pass once the
+    planner's overhead at that tile is paid: the tile each backend should serve with.
+
+    Each backend loads the model once (float32 on this CPU, the service's threads); the window
+    sizes run interleaved, ``reps`` rounds, two windows per call (the service's tile batch), and
+    the median seconds per model pixel is kept."""
+    from enhancer.runner import ModelRunner
+
+    settings = service_settings()
+    configure_cpu_threads(settings)
+    card = ModelCard.load(model.with_suffix(".json"))
+    width, height = SIZES["1"]
+    lines = [
+        "| backend | tile | model MP/s (median) | model px per output px, 1 MP x2 | "
+        "output MP/s, 1 MP x2 (model only) |",
+        "|---|---|---|---|---|",
+    ]
+    for backend in backends:
+        runner = ModelRunner(model, card, torch.device("cpu"), "float32", backend)
+        batch = settings.tile_batch_cpu
+        times: dict[int, list[float]] = {tile: [] for tile in tiles}
+        generator = torch.Generator().manual_seed(0)
+        inputs = {t: torch.rand(batch, 3, t, t, generator=generator) for t in tiles}
+        for tile in tiles:  # warm-up: compile each shape once
+            runner(inputs[tile])
+        for rep in range(reps):
+            for tile in tiles if rep % 2 == 0 else tiles[::-1]:
+                started = time.perf_counter()
+                runner(inputs[tile])
+                times[tile].append((time.perf_counter() - started) / (batch * tile * tile))
+        for tile in tiles:
+            per_px = statistics.median(times[tile])
+            ratio = model_overhead(width, height, 2.0, card, tile)
+            lines.append(
+                f"| {runner.backend} | {tile} | {1e-6 / per_px:.3f} | {ratio:.3f} | "
+                f"{4 * 1e-6 / (per_px * ratio):.3f} |"
+            )
+            print(lines[-1], flush=True)
+    return "\n".join(lines)
+
+
 def served_tiles(card: ModelCard, extra: list[int]) -> dict[str, int]:
     """The tiles the engine serves this card with per backend (engine.Enhancer), and ``extra``."""
     settings = service_settings()
@@ -632,6 +674,9 @@ def run(args: argparse.Namespace) -> int:
         )
         print(overheads + "\n", flush=True)
         if args.ratios_only:
+            return 0
+        if args.tile_sweep:
+            print(tile_sweep(model, args.sweep_backends, args.tile_sweep, args.reps), flush=True)
             return 0
         if args.parity:
             print(backend_parity(model, args), flush=True)

@@ -176,9 +176,40 @@ def tiled_vs_whole(
     return float((tiled.clamp(0, 1) - whole.clamp(0, 1)).abs().max())
 
 
-def small_tile(overlap: int, blend: int, multiple: int) -> int:
-    """A tile that leaves a core of about 64 pixels: many seams on every photo checked."""
-    return _round_up(2 * overlap + blend + 64, multiple)
+def centre_crop(image: torch.Tensor, side: int) -> torch.Tensor:
+    """The central ``side`` x ``side`` pixels (or fewer, for a smaller photo)."""
+    _, h, w = image.shape
+    top, left = max(0, (h - side) // 2), max(0, (w - side) // 2)
+    return image[:, top : top + side, left : left + side].contiguous()
+
+
+def profile_photos(
+    run: Run,
+    photos: Sequence[tuple[str, torch.Tensor]],
+    *,
+    scale: int,
+    multiple: int,
+    window: int = 128,
+    reach: int = 64,
+    limit: float = DEFAULT_LIMIT,
+    log: Callable[[str], None] = print,
+) -> tuple[list[torch.Tensor], list[int]]:
+    """Each photo's edge profile and perturbation radius (see the module docstring)."""
+    profiles, radii = [], []
+    for name, image in photos:
+        profile = edge_profile(
+            run, image, scale=scale, multiple=multiple, window=window, reach=reach
+        )
+        radius = perturbation_radius(run, image, scale=scale, multiple=multiple, side=2 * reach)
+        profiles.append(profile)
+        radii.append(radius)
+        log(f"  {name}: edge reaches {needed_overlap([profile], limit)} px, pixel moves {radius}")
+    return profiles, radii
+
+
+def small_tile(overlap: int, blend: int, multiple: int, core: int = 64) -> int:
+    """A tile that leaves a core of about ``core`` pixels: many seams on every photo checked."""
+    return _round_up(2 * overlap + blend + core, multiple)
 
 
 def measure(
@@ -194,6 +225,8 @@ def measure(
     check: int | None = None,
     overlap: int | None = None,
     tile: int | None = None,
+    check_side: int | None = None,
+    profiled: tuple[list[torch.Tensor], list[int]] | None = None,
     log: Callable[[str], None] = print,
 ) -> dict:
     """Measure the overlap a model needs on ``photos`` (name, (3, H, W) tensor) and check it.
@@ -207,6 +240,8 @@ def measure(
         check: how many photos the full tiled-vs-whole check runs on (default: all).
         overlap: a fixed overlap to check instead of the measured one (still profiled).
         tile: the check's largest tile (default: a 64-pixel core, many seams per photo).
+        check_side: crop the checked photos to at most this side (centre), to save time.
+        profiled: ``profile_photos``' result, when already computed.
 
     Returns:
         The card's ``export.context`` record; its ``overlap`` is the measured one.
@@ -216,15 +251,18 @@ def measure(
     """
     if not photos:
         raise ValueError("measuring the overlap needs at least one photo")
-    profiles, radii = [], []
-    for name, image in photos:
-        profile = edge_profile(
-            run, image, scale=scale, multiple=multiple, window=window, reach=reach
+    if profiled is None:
+        profiled = profile_photos(
+            run,
+            photos,
+            scale=scale,
+            multiple=multiple,
+            window=window,
+            reach=reach,
+            limit=limit,
+            log=log,
         )
-        radius = perturbation_radius(run, image, scale=scale, multiple=multiple, side=2 * reach)
-        profiles.append(profile)
-        radii.append(radius)
-        log(f"  {name}: edge reaches {needed_overlap([profile], limit)} px, pixel moves {radius}")
+    profiles, radii = profiled
     measured = needed_overlap(profiles, limit)
     overlap = measured if overlap is None else overlap
     worst = torch.stack(profiles).amax(0)
@@ -232,6 +270,8 @@ def measure(
     checked = photos if check is None else photos[:check]
     diffs = {}
     for name, image in checked:
+        if check_side:
+            image = centre_crop(image, check_side)
         diffs[name] = tiled_vs_whole(
             run,
             image,
@@ -253,7 +293,8 @@ def measure(
             f"{reach} px more of the photo, on the model's {multiple}-px grid; overlap = the "
             f"smallest distance from the window edge past which no photo differs by more than "
             f"the limit. Checked: tiles of at most {tile} px through the planner against one "
-            f"run with {reach} px more context than the overlap, every pixel of every photo"
+            f"run with {reach} px more context than the overlap, every pixel of "
+            + ("every photo" if not check_side else f"the central {check_side} px of each photo")
         ),
         "photos": [name for name, _ in photos],
         "profile_max_by_distance": [round(float(v), 6) for v in worst[: overlap + 9]],
