@@ -109,8 +109,9 @@ def edge_profile(
 def perturbation_radius(
     run: Run, image: torch.Tensor, *, scale: int, multiple: int, side: int
 ) -> int:
-    """How far (input pixels, Chebyshev) one changed input pixel at the centre of a ``side``-pixel
-    crop moves the output by more than 0.5/255; ``side // 2`` means at least that far."""
+    """How far (input pixels, Chebyshev) one input pixel at the centre of a ``side``-pixel crop,
+    inverted (v -> 1 - v), moves the output by more than 0.5/255; ``side // 2`` means at least
+    that far."""
     side = _round_up(side, multiple)
     image = _reflect_to(image, side, side)
     _, h, w = image.shape
