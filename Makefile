@@ -108,7 +108,9 @@ train-tiny: setup-dev
 # Trace $(RUN)/model.pth into model_store/enhancer.pt + card; proves the trace and measures seams.
 export: setup-dev
 	$(PY) -m scripts.export --weights $(RUN)/model.pth --out model_store/enhancer.pt --tile 256 \
-		--overlap auto --seam-image $(DATA)/eval/kodak24/kodim01.png
+		--overlap auto --photos $(DATA)/train/wiki $(DATA)/train/skimage --check-photos 3
+	# the clean/restore family shares one overlap: re-measure both, record it in both cards
+	$(PY) -m scripts.overlap --every 3 --check 3 --check-side 384 --write-card
 
 # PSNR/SSIM tables (bicubic, real-world and heavy tracks) and the colour check, through the engine;
 # stores them in the card.

@@ -25,7 +25,10 @@ End to end: a TorchServe on free loopback ports serves the same model with the r
 and handler; 1 MP 2x PNG requests alternate with the engine doing the same bytes-to-bytes work in
 this process (decode, passes, encode), and the overhead is e2e latency / engine latency - 1.
 
-Output: a markdown table (medians, p95 over the runs, output MP/s from the median) and the targets.
+Output: a markdown table (medians, p95 over the runs, output MP/s from the median, and the model
+pixels per output pixel of each case: windows, context and cross-fades over the pixels the passes
+deliver), the targets, and the planner's ratio per case for the tile each backend serves with
+(``--ratios-only`` prints just that).
 """
 
 from __future__ import annotations
@@ -96,6 +99,26 @@ def main(argv: list[str] | None = None) -> int:
         help="first print how far each CPU backend's output is from TorchScript's (x2 and x4)",
     )
     parser.add_argument("--no-e2e", action="store_true", help="skip the TorchServe part")
+    parser.add_argument(
+        "--tile-sweep",
+        type=int,
+        nargs="*",
+        default=None,
+        metavar="TILE",
+        help="only time the model on windows of these sizes per CPU backend (--sweep-backends), "
+        "interleaved, --reps rounds, and print the output MP/s each tile gives at 1 MP x2",
+    )
+    parser.add_argument(
+        "--sweep-backends",
+        nargs="+",
+        default=["openvino", "torchscript"],
+        help="backends for --tile-sweep (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--ratios-only",
+        action="store_true",
+        help="print the planner's model pixels per output pixel per case and tile, run nothing",
+    )
     parser.add_argument(
         "--photo", type=Path, default=None, help="resize this photo instead of a generated one"
     )

@@ -3,7 +3,7 @@
     # a model trained by scripts/train.py (the shipped default)
     .venv/bin/python -m scripts.export --weights runs/default/model.pth \
         --out model_store/enhancer.pt --tile 256 --overlap auto \
-        --seam-image ../shared/data/eval/kodak24/kodim01.png
+        --photos ../shared/data/train/wiki ../shared/data/train/skimage
 
     # a fastai-course DynamicUnet: the pickled learner from learn.export() ...
     .venv/bin/python -m scripts.export --learner export.pkl --out model_store/mine.pt --tile 256
@@ -14,7 +14,7 @@
     # bring your own model: any .pth the spandrel library loads (Real-ESRGAN, SwinIR, HAT, DAT...)
     .venv/bin/python -m scripts.export --spandrel RealESRGAN_x4plus.pth --name realesrgan-x4 \
         --license BSD-3-Clause --out model_store/realesrgan-x4.pt --tile 256 --overlap auto \
-        --seam-image photo.png
+        --photos photo.png
 
 The exported module takes and returns RGB in [0, 1] (N, 3, h, w): a course model, trained on
 ImageNet-normalised images on both sides, is wrapped with that normalisation (``--in-norm``,
@@ -30,6 +30,12 @@ two other sizes: the card's ``dynamic``); a trace that froze a size (a padding c
 Python) is served at its tile only. float16/bfloat16 go on the card only where spandrel says the
 architecture supports them and the check below passes. The card records the architecture, the
 source file's sha256 and the licence.
+
+``--overlap auto`` measures the context the tiles need on the photos (scripts/ops/overlap.py: how
+far a window's edge reaches in, worst case over the photos, then tiles through the planner checked
+against one whole-image run on every photo, within 1/255) and records it under the card's
+``export.context``; a fixed ``--overlap`` with photos is checked the same way. Re-measure a model
+already exported, without touching it, with ``python -m scripts.overlap``.
 """
 
 from __future__ import annotations
@@ -106,10 +112,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--overlap",
         default="32",
-        help="context pixels per tile edge, or 'auto' (needs --seam-image)",
+        help="context pixels per tile edge, or 'auto': measured on --photos",
     )
     ap.add_argument(
-        "--seam-image", help="a real photo: measure tiled-vs-whole difference (must be < 1/255)"
+        "--photos",
+        "--seam-image",
+        dest="photos",
+        nargs="+",
+        help="real photos (files or folders): measure the overlap (auto) or check the given one; "
+        "tiles must stay within 1/255 of the whole image on every photo",
+    )
+    ap.add_argument(
+        "--blend", type=int, default=4, help="cross-fade pixels between tiles (default 4)"
+    )
+    ap.add_argument(
+        "--check-photos",
+        type=int,
+        default=None,
+        help="photos the full tiled-vs-whole check runs on (default: all)",
     )
     ap.add_argument("--atol", type=float, default=1e-4, help="traced vs eager tolerance")
     ap.add_argument(

@@ -132,7 +132,7 @@ def test_backend_setting_is_checked():
 
 
 def test_openvino_runs_dynamic_models_at_its_own_tile(fresh_sr):
-    assert load(fresh_sr, "auto").tile == 512
+    assert load(fresh_sr, "auto").tile == 1024
     assert load(fresh_sr, "auto", openvino_tile=0).tile == 32  # the card's
     assert load(fresh_sr, "torchscript").tile == 32
     with pytest.raises(ValueError, match="openvino_tile"):

@@ -308,7 +308,7 @@ def small_budget(tmp_path_factory):
     )
     throughput = Throughput(1e-6 / float(found[1]), 1e-6 / float(found[2]), found[3])
     card = ModelCard.load(model.with_suffix(".json"))
-    tile = 512 if found[3] == "openvino" else card.tile
+    tile = EnhancerSettings().openvino_tile if found[3] == "openvino" else card.tile
     cap = EnhancerSettings().max_output_pixels
     width, height = 400, 300
     # under heavy load the calibration is slow: shrink until scale 2 fits well inside the budget

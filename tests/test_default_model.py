@@ -48,7 +48,35 @@ def test_size_limit_and_card_contents(card):
         ("real_world", "kodak24", 2),
     } <= sets
     assert "scripts/evaluate.py" in quality["command"]
-    assert data["export"]["seam"]["max_abs_tiled_vs_whole"] < 1 / 255
+
+
+@pytest.mark.parametrize("name", ["enhancer", "restore"])
+def test_cards_record_the_measured_context(name):
+    """Both shipped cards carry the overlap scripts/overlap.py measured on real photos, and the
+    check that tiles through the planner stayed within 1/255 of whole-image runs."""
+    data = json.loads((STORE / f"{name}.json").read_text())
+    card = ModelCard.from_dict(data)
+    context = data["export"]["context"]
+    assert card.overlap == context["overlap"] >= context["measured_overlap"] > 0
+    assert card.blend == context["blend"]
+    assert context["max_abs_at_overlap"] <= context["limit"] <= 1 / 255
+    assert context["check"]["max_abs_tiled_vs_whole"] < 1 / 255
+    assert len(context["photos"]) >= 10 and context["check"]["photos"] >= 1
+    assert "seam" not in data["export"]  # the one-photo check it replaced
+
+
+@pytest.mark.parametrize("name", ["enhancer", "restore"])
+@pytest.mark.parametrize("scale", [2.0, 4.0])
+@pytest.mark.parametrize("size", [(1152, 864), (2304, 1728)])
+def test_tiling_overhead_at_1_and_4_mp(name, scale, size):
+    """Model pixels per output pixel with the card's overlap and blend at the tile the CPU
+    backend serves with (settings.openvino_tile): at most 1.15."""
+    from enhancer.admission import model_overhead
+    from enhancer.settings import EnhancerSettings
+
+    card = ModelCard.load(STORE / f"{name}.json")
+    tile = max(card.tile, EnhancerSettings().openvino_tile)
+    assert model_overhead(*size, scale, card, tile) <= 1.15
 
 
 @pytest.mark.parametrize("size", [(1, 3, 24, 40), (2, 3, 16, 16)])

@@ -66,8 +66,12 @@ def test_compact_export_proves_and_writes_card(tmp_path, photo):
     card = ModelCard.load(out.with_suffix(".json"))
     assert card.sha256 == file_sha256(out)
     assert (card.scale, card.multiple, card.tile, card.dynamic) == (2, 2, 64, True)
-    seam = card.extra["export"]["seam"]
-    assert seam["max_abs_tiled_vs_whole"] < 1 / 255 and seam["overlap"] == card.overlap
+    context = card.extra["export"]["context"]
+    assert context["overlap"] == context["measured_overlap"] == card.overlap > 0
+    assert card.blend == context["blend"] == 4
+    assert context["check"]["max_abs_tiled_vs_whole"] < 1 / 255
+    assert context["max_abs_at_overlap"] <= context["limit"]
+    assert context["photos"] == ["photo.png"]
     assert card.extra["params"] == sum(p.numel() for p in eager.parameters())
     traced = torch.jit.load(str(out))
     x = torch.rand(1, 3, 20, 28)  # another size: the compact trace is dynamic

@@ -157,7 +157,9 @@ def test_bad_tile_is_400_naming_tile(model_card, raw, words):
 def test_smallest_tile():
     assert smallest_tile(DYNAMIC) == 13
     assert smallest_tile(MULTIPLE_8) == 32
-    assert smallest_tile(card(multiple=32, tile=128, overlap=16)) == 64
+    # windows start on the multiple's grid: after 2 x 16 of context and 16 of blend, one step of 32
+    assert smallest_tile(card(multiple=32, tile=128, overlap=16)) == 96
+    assert smallest_tile(card(multiple=32, tile=128, overlap=16, blend=0)) == 64
 
 
 @pytest.mark.parametrize("raw,expected", [("0", 0.0), ("1", 1.0), ("0.25", 0.25), (".5", 0.5)])

@@ -6,7 +6,17 @@ import numpy as np
 import pytest
 import torch
 
-from enhancer.tiling import axis_spans, reflect_indices, tile_shape, tiled_apply, window_starts
+from enhancer.tiling import (
+    axis_spans,
+    overhead,
+    plan_axis,
+    reflect_indices,
+    tile_shape,
+    tiled_apply,
+    whole_apply,
+    window_starts,
+)
+from scripts.model.unet import CompactUNet
 from tests.helpers.images import photo_array
 from tests.helpers.tiny_models import TinyRestore, TinySR
 
@@ -217,3 +227,146 @@ def test_batches_mix_images_and_match_single_runs(sr):
 def test_reflect_indices_match_numpy(length, before, after):
     expected = np.pad(np.arange(length), (before, after), mode="reflect" if length > 1 else "edge")
     assert reflect_indices(length, before, after).tolist() == expected.tolist()
+
+
+# -- the planner: windows on the model's grid, fewest model pixels -------------------------------
+
+
+@pytest.mark.parametrize("length", [1, 7, 40, 99, 100, 257, 864, 1152, 1728, 2304])
+@pytest.mark.parametrize(
+    "tile,overlap,multiple,blend", [(64, 6, 4, 2), (256, 12, 4, 4), (96, 8, 8, 8)]
+)
+def test_planner_windows_are_on_the_grid_cover_and_are_cheapest(
+    length, tile, overlap, multiple, blend
+):
+    plan = plan_axis(length, tile, overlap, multiple, blend)
+    assert plan.size % multiple == 0 and plan.size <= tile
+    assert plan.starts[0] == -overlap
+    assert all((start + overlap) % multiple == 0 for start in plan.starts)  # the whole run's grid
+    assert plan.starts[-1] + plan.size >= length + overlap  # context past the far edge too
+    for a, b in zip(plan.starts, plan.starts[1:], strict=False):
+        assert a + plan.size - b >= 2 * overlap + blend  # neighbours share context and blend
+    # brute force over every window count and aligned step: nothing covers with fewer pixels
+    best = None
+    for size in range(multiple, tile + 1, multiple):
+        if size >= length + 2 * overlap:
+            best = min(best or size, size)
+            continue
+        for step in range(multiple, size - 2 * overlap - blend + 1, multiple):
+            count = -(-(length + 2 * overlap - size) // step) + 1
+            best = min(best or count * size, count * size)
+    assert plan.model_pixels == best
+
+
+def test_planner_overhead_for_known_sizes():
+    """Model pixels per output pixel of one pass, worked out by hand (overlap 12, blend 4, grid 4).
+
+    1 MP (1152 x 864) under tile 1024: 864 + 2*12 = 888 fits one window (the whole-image run);
+    1152 needs two windows sharing 2*12 + 4 = 28 pixels: 1152 + 24 + 28 = 1204 over two is 602,
+    604 on the grid of 4, 576 apart. So 888 * 1208 model pixels for 864 * 1152: 1.078.
+    """
+    assert plan_axis(864, 1024, 12, 4, 4).starts == (-12,)
+    assert plan_axis(864, 1024, 12, 4, 4).size == 888
+    two = plan_axis(1152, 1024, 12, 4, 4)
+    assert len(two.starts) == 2 and two.size == 604 and two.starts == (-12, 564)
+    assert overhead((864, 1152), 1024, 12, 4, True, 4) == pytest.approx(888 * 1208 / (864 * 1152))
+    for size in [(864, 1152), (1728, 2304)]:
+        assert overhead(size, 1024, 12, 4, True, 4) <= 1.15
+    # the old fixed 256 tiles with an 8-pixel overlap and an 8-pixel blend cost 1.2 or more
+    assert overhead((864, 1152), 256, 8, 4, True, 8) > 1.2
+
+
+def test_small_images_run_whole():
+    plan = plan_axis(300, 1024, 12, 4, 4)
+    assert plan.starts == (-12,) and plan.size == 324
+
+
+@pytest.fixture(scope="module")
+def unet():
+    """A tiny strided U-Net (grid of 4, receptive field well under 24 pixels): not
+    shift-invariant, like the shipped models, so only windows on its grid agree."""
+    torch.manual_seed(5)
+    model = CompactUNet(nf=(4, 8, 8), blocks=(1, 0, 0)).eval()
+    with torch.no_grad():
+        model.head.weight.mul_(30)  # a residual that matters (it starts near zero)
+    return model
+
+
+def _run(model):
+    def run(batch):
+        with torch.no_grad():
+            return model(batch)
+
+    return run
+
+
+@pytest.mark.parametrize("height,width", [(70, 45), (130, 97), (33, 140), (5, 9)])
+@pytest.mark.parametrize("tile", [64, 96])
+def test_strided_unet_tiled_equals_whole(unet, height, width, tile):
+    image = torch.from_numpy(photo_array(width, height)).permute(2, 0, 1).float() / 255
+    overlap = 24
+    tiled = tiled_apply(
+        [image], _run(unet), scale=2, tile=tile, overlap=overlap, multiple=4, dynamic=True, blend=4
+    )[0]
+    # more context than the overlap (on the same grid): the borders need only the overlap too
+    whole = whole_apply(image, _run(unet), scale=2, context=overlap + 16, multiple=4)
+    assert (tiled - whole).abs().max() < 1e-5
+
+
+def test_strided_unet_is_not_shift_invariant(unet):
+    """Why windows must sit on the grid: the same content one pixel off it computes differently
+    far from any edge, so the equality above is not automatic."""
+    image = torch.from_numpy(photo_array(96, 96)).permute(2, 0, 1).float() / 255
+    run = _run(unet)
+    on_grid = whole_apply(image[:, 4:, 4:], run, scale=2, context=0, multiple=4)
+    off_grid = whole_apply(image[:, 1:, 1:], run, scale=2, context=0, multiple=4)
+    centre = (on_grid[:, 40:80, 40:80] - off_grid[:, 46:86, 46:86]).abs().max()
+    assert centre > 2 / 255
+
+
+def test_strided_unet_with_too_little_overlap_differs(unet):
+    image = torch.from_numpy(photo_array(130, 97)).permute(2, 0, 1).float() / 255
+    tiled = tiled_apply(
+        [image], _run(unet), scale=2, tile=64, overlap=1, multiple=4, dynamic=True, blend=0
+    )[0]
+    whole = whole_apply(image, _run(unet), scale=2, context=1 + 16, multiple=4)
+    assert (tiled - whole).abs().max() > 1 / 255
+
+
+# -- the card's blend ------------------------------------------------------------------------------
+
+
+def _card(**fields):
+    from enhancer.card import ModelCard
+
+    data = {
+        "name": "tiny",
+        "version": "test",
+        "scale": 2,
+        "multiple": 4,
+        "tile": 64,
+        "overlap": 12,
+        "dtypes": ["float32"],
+        "sha256": "0" * 64,
+        "dynamic": True,
+    }
+    data.update(fields)
+    return ModelCard.from_dict(data)
+
+
+def test_card_blend_is_optional_validated_and_round_trips():
+    assert _card().blend is None and "blend" not in _card().to_dict()  # older cards unchanged
+    assert _card(blend=4).blend == 4 and _card(blend=4).to_dict()["blend"] == 4
+    for bad in (-1, 2.5, True, "4"):
+        with pytest.raises(ValueError, match="blend"):
+            _card(blend=bad)
+    with pytest.raises(ValueError, match="no step"):
+        _card(blend=40)  # 2*12 + 40 + 4 > 64: no room for one step of the grid
+
+
+def test_family_needs_the_same_blend():
+    from enhancer.family import check_family
+
+    check_family(_card(blend=4), _card(blend=4))
+    with pytest.raises(ValueError, match="blend"):
+        check_family(_card(blend=4), _card(blend=8))

@@ -37,7 +37,7 @@ from enhancer.errors import EnhanceError
 from enhancer.options import Options, parse_options
 from enhancer.passes import auto_scale, plan_passes
 from enhancer.settings import EnhancerSettings
-from enhancer.windows import tile_shape, window_starts
+from enhancer.windows import plan_windows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -94,13 +94,39 @@ def work(
     )
     for step in plan:
         w, h = step.dst if card.scale == 1 else step.src
-        th, tw = tile_shape((h, w), tile, card.overlap, card.multiple, card.dynamic)
-        rows = len(window_starts(h, th, card.overlap, card.overlap))
-        columns = len(window_starts(w, tw, card.overlap, card.overlap))
-        model_pixels += rows * columns * th * tw
+        rows, columns = plan_windows(
+            (h, w), tile, card.overlap, card.multiple, card.dynamic, card.blend
+        )
+        model_pixels += rows.model_pixels * columns.model_pixels
         output_pixels += step.dst[0] * step.dst[1]
     output_pixels += plan[-1].dst[0] * plan[-1].dst[1]  # encoding the result
     return model_pixels, output_pixels
+
+
+def model_overhead(
+    width: int,
+    height: int,
+    scale: float,
+    card: ModelCard,
+    tile: int,
+    *,
+    level: int = 1,
+    enhance_first: bool = False,
+) -> float:
+    """Model pixels per output pixel of the request's passes: every window of every pass, context
+    and cross-fades included, over the pixels those passes deliver (both at the model's input
+    scale). 1.0 is the whole image in one call with no context; the tiling's overhead is the rest.
+    """
+    model_pixels = 0
+    pass_pixels = 0
+    for step in plan_passes(width, height, scale, level=level, enhance_first=enhance_first):
+        w, h = step.dst if card.scale == 1 else step.src
+        rows, columns = plan_windows(
+            (h, w), tile, card.overlap, card.multiple, card.dynamic, card.blend
+        )
+        model_pixels += rows.model_pixels * columns.model_pixels
+        pass_pixels += w * h
+    return model_pixels / pass_pixels
 
 
 def largest_scale(fits: Callable[[float], bool], below: float) -> float | None:

@@ -16,6 +16,9 @@ Required fields:
 Optional fields read by the engine:
     dynamic (bool, default false): the traced graph is valid at any size that is a multiple of
         ``multiple`` (pure convolutions, no shape branches), so smaller tiles may be used.
+    blend (int, default ``overlap``): input pixels over which neighbouring tiles cross-fade, on
+        top of the ``overlap`` of context on each side. A card whose overlap was measured to hold
+        the receptive field (scripts/overlap.py) needs only a few: the tiles already agree.
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ class ModelCard:
     dtypes: tuple[str, ...]
     sha256: str
     dynamic: bool = False
+    blend: int | None = None
     extra: dict[str, Any] = dataclasses.field(default_factory=dict, compare=False)
 
     @classmethod
@@ -80,7 +84,17 @@ class ModelCard:
         dynamic = data.get("dynamic", False)
         if not isinstance(dynamic, bool):
             raise ValueError("model card: 'dynamic' must be true or false")
+        blend = data.get("blend")
+        if blend is not None:
+            if not isinstance(blend, int) or isinstance(blend, bool) or blend < 0:
+                raise ValueError(f"model card: 'blend' must be a whole number >= 0, not {blend!r}")
+            if 2 * overlap + blend + multiple > tile:
+                raise ValueError(
+                    f"model card: 'tile' {tile} leaves no step after 2 x overlap {overlap} "
+                    f"+ blend {blend}"
+                )
         known = {
+            "blend",
             "name",
             "version",
             "scale",
@@ -101,6 +115,7 @@ class ModelCard:
             dtypes=dtypes,
             sha256=sha,
             dynamic=dynamic,
+            blend=blend,
             extra={k: v for k, v in data.items() if k not in known},
         )
 
@@ -116,6 +131,8 @@ class ModelCard:
             f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"
         }
         data["dtypes"] = list(self.dtypes)
+        if self.blend is None:
+            del data["blend"]
         data.update(self.extra)
         return data
 

@@ -612,6 +612,7 @@ class Enhancer:
             multiple=self.card.multiple,
             dynamic=self.card.dynamic,
             batch_size=self.batch_size,
+            blend=self.card.blend,
         )
         while True:
             try:

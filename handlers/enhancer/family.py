@@ -19,7 +19,7 @@ from enhancer.card import ModelCard
 from enhancer.contract import DENOISE_LEVELS  # blends computed at load: 0 clean, 1 restore, exactly
 
 # Card fields that must agree for two models to be tiled and blended alike.
-_GEOMETRY = ("scale", "multiple", "tile", "overlap", "dynamic")
+_GEOMETRY = ("scale", "multiple", "tile", "overlap", "blend", "dynamic")
 
 
 def check_family(clean: ModelCard, restore: ModelCard) -> None:

@@ -201,6 +201,9 @@ def parse_options(
 
 
 def smallest_tile(card: ModelCard) -> int:
-    """The smallest tile whose core (tile minus context and blend on both sides) is non-empty."""
-    smallest = 3 * card.overlap + 1
+    """The smallest tile whose core (tile minus context and blend on both sides) is non-empty:
+    room for one step of ``multiple`` (windows start on its grid) after both contexts and the
+    blend."""
+    blend = card.overlap if card.blend is None else card.blend
+    smallest = max(3 * card.overlap + 1, 2 * card.overlap + blend + card.multiple)
     return -(-smallest // card.multiple) * card.multiple

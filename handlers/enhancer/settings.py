@@ -32,8 +32,10 @@ class EnhancerSettings:
         backend: how float32 runs on a CPU: "auto" (OpenVINO when installed and it matches
             TorchScript's output at load, else TorchScript with a log line), "torchscript", or
             "openvino" (refuses to start when it cannot be used). See backends.py.
-        openvino_tile: the default tile for a dynamic model on OpenVINO (0: the card's tile); 512
-            ran 1.1x faster than the card's 256 there (BENCHMARKS.md).
+        openvino_tile: the default tile for a dynamic model on OpenVINO (0: the card's tile). The
+            largest, 1024: the planner then runs a 1 MP pass in two windows (1.10 model pixels per
+            output pixel at the shipped overlap of 17, against 1.20 at 512 and 1.37 at 256), and
+            OpenVINO's speed per model pixel was flat from 512 up (BENCHMARKS.md).
         denoise: the ``denoise`` level of a request that does not set one, when a clean/restore
             family is served (snapped to the nearest precomputed level, family.py).
         jpeg_quality, webp_quality, avif_quality: defaults of the ``quality`` option.
@@ -53,7 +55,7 @@ class EnhancerSettings:
     precision: str = "auto"
     cpu_threads: int = 0
     backend: str = "auto"
-    openvino_tile: int = 512
+    openvino_tile: int = 1024
     denoise: float = DENOISE_DEFAULT
     jpeg_quality: int = 92
     webp_quality: int = 90

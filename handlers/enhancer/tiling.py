@@ -1,12 +1,16 @@
 """Tiled model passes: fixed-size tiles with context, reflection padding, smooth blending, batches.
 
-Along each axis the image is reflect-padded by ``overlap`` pixels and cut into windows of ``tile``
-pixels. Neighbouring windows share ``2 * overlap + blend`` pixels: in each window the outer
-``overlap`` pixels on an inner edge are context only (weight 0), the next ``blend`` pixels ramp up
-with a raised cosine, and the ramps of two neighbours sum to one. So every output pixel is a convex
-mix of tile outputs computed at least ``overlap`` pixels from any tile edge: for a model whose
-receptive field fits the overlap, the tiled result equals the untiled one (same reflection padding)
-up to float rounding, and there is no seam to see or measure.
+Along each axis the image is reflect-padded by ``overlap`` pixels and cut into windows of at most
+``tile`` pixels (``plan_axis``: for a dynamic model the count and size with the fewest model pixels,
+one window, the whole-image run itself, when the image fits). Windows start on the model's
+``multiple`` grid counted from the whole-image run's origin (strided downsampling is not
+shift-invariant). Neighbouring windows share ``2 * overlap + blend`` pixels or a few more: in each
+window the outer ``overlap`` pixels on an inner edge are context only (weight 0), the next ``blend``
+pixels ramp up with a raised cosine, and the weights are normalised to sum to one. So every output
+pixel is a convex mix of tile outputs computed at least ``overlap`` pixels from any tile edge: for a
+model whose receptive field fits the overlap, the tiled result equals the untiled one
+(``whole_apply``: the same reflection padding) up to float rounding, and there is no seam to see or
+measure.
 
 Windows of all images in a call are run together in batches (tiles of concurrent requests share
 model calls). The weights are separable and normalised per axis, so no weight map is stored.
@@ -20,7 +24,15 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from enhancer.windows import tile_shape, window_starts
+from enhancer.windows import (  # noqa: F401 (re-exported: the planner is torch-free)
+    AxisPlan,
+    overhead,
+    plan_axis,
+    plan_windows,
+    round_up,
+    tile_shape,
+    window_starts,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +74,13 @@ def _ramp(width: int, device: torch.device) -> torch.Tensor:
 
 
 def axis_spans(
-    length: int, tile: int, overlap: int, blend: int, scale: int, device: torch.device
+    length: int,
+    tile: int,
+    overlap: int,
+    blend: int,
+    scale: int,
+    device: torch.device,
+    starts: Sequence[int] | None = None,
 ) -> list[Span]:
     """The windows along one axis with their normalised output weights.
 
@@ -72,8 +90,9 @@ def axis_spans(
         overlap: context pixels each window needs on an inner edge.
         blend: width of the cross-fade between neighbours, in input pixels.
         scale: output pixels per input pixel (1 or 2).
+        starts: the window starts (``plan_axis``); default ``window_starts``.
     """
-    starts = window_starts(length, tile, overlap, blend)
+    starts = list(window_starts(length, tile, overlap, blend) if starts is None else starts)
     out_len = length * scale
     ctx, ramp_len, size = overlap * scale, blend * scale, tile * scale
     raw = []
@@ -133,7 +152,7 @@ def tiled_apply(
         images: (C, H, W) float tensors, all on the device ``run`` expects; sizes may differ.
         run: model call: (B, C, th, tw) -> (B, C, scale*th, scale*tw).
         scale: the model's output/input size ratio (1 or 2).
-        tile: window side in input pixels (a multiple of ``multiple``).
+        tile: the largest window side in input pixels (a multiple of ``multiple``).
         overlap: context pixels per inner window edge (the model's receptive-field radius).
         multiple: the model's size multiple (for the smaller windows of dynamic models).
         dynamic: the model accepts any multiple of ``multiple``, not only ``tile``.
@@ -147,9 +166,10 @@ def tiled_apply(
     jobs = []
     for image in images:
         channels, height, width = image.shape
-        th, tw = tile_shape((height, width), tile, overlap, multiple, dynamic, blend)
-        ys = axis_spans(height, th, overlap, blend, scale, image.device)
-        xs = axis_spans(width, tw, overlap, blend, scale, image.device)
+        rows, columns = plan_windows((height, width), tile, overlap, multiple, dynamic, blend)
+        th, tw = rows.size, columns.size
+        ys = axis_spans(height, th, overlap, blend, scale, image.device, rows.starts)
+        xs = axis_spans(width, tw, overlap, blend, scale, image.device, columns.starts)
         top, left = -ys[0].start, -xs[0].start
         bottom = ys[-1].start + th - height
         right = xs[-1].start + tw - width
@@ -189,3 +209,29 @@ def tiled_apply(
                 weight = ys.weights[:, None] * xs.weights[None, :]
                 job.out[:, ys.out_lo : ys.out_hi, xs.out_lo : xs.out_hi].addcmul_(piece, weight)
     return [job.out for job in jobs]
+
+
+def whole_apply(
+    image: torch.Tensor,
+    run: Callable[[torch.Tensor], torch.Tensor],
+    *,
+    scale: int,
+    context: int,
+    multiple: int = 1,
+) -> torch.Tensor:
+    """The untiled reference: ``run`` once on the whole (C, H, W) image reflect-padded by
+    ``context`` pixels on every side (and on the bottom and right up to ``multiple``), cropped back.
+
+    With ``context`` equal to the overlap this is exactly the one window ``tiled_apply`` runs when
+    the image fits in a tile. A larger ``context`` that differs from the overlap by a multiple of
+    ``multiple`` keeps the windows' grid and shows whether the overlap is enough at the image's own
+    borders too.
+    """
+    _, height, width = image.shape
+    bottom = round_up(height + 2 * context, multiple) - height - context
+    right = round_up(width + 2 * context, multiple) - width - context
+    padded = image.index_select(1, reflect_indices(height, context, bottom).to(image.device))
+    padded = padded.index_select(2, reflect_indices(width, context, right).to(image.device))
+    out = run(padded[None])[0].float()
+    cut = context * scale
+    return out[:, cut : cut + height * scale, cut : cut + width * scale]

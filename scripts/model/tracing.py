@@ -1,5 +1,6 @@
-"""Export's work: load a trained model, trace it, prove the trace, measure seams, write the card
-(``python -m scripts.export`` parses the arguments; what is proved is documented there).
+"""Export's work: load a trained model, trace it, prove the trace, measure the context its tiles
+need, write the card (``python -m scripts.export`` parses the arguments; what is proved is
+documented there).
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from enhancer.card import ModelCard, file_sha256
@@ -303,34 +303,33 @@ def check_dtypes(
     return ok, report
 
 
-def seam_error(pt: Path, card_path: Path, eager, image: str) -> float:
-    """Max |engine tiled - whole image| on a real photo (the engine's own reflection padding)."""
-    from PIL import Image
+def measure_context(model, args, scale: int, multiple: int, dynamic: bool) -> tuple[int, dict]:
+    """The overlap the model needs, measured on the photos (``--overlap auto``), or the given one
+    checked on them: scripts/ops/overlap.py. Returns (overlap, the card's ``export.context``)."""
+    from scripts.ops.overlap import load_photo, measure, photo_paths
 
-    from enhancer.engine import Enhancer
-    from enhancer.tiling import tiled_apply
+    photos = [(path.name, load_photo(path)) for path in photo_paths(args.photos)]
+    if not photos:
+        raise ExportError(f"no photos in {args.photos}")
 
-    enh = Enhancer.load(pt, card_path, device="cpu")
-    rgb = Image.open(image).convert("RGB")
-    x = torch.from_numpy(np.asarray(rgb, dtype=np.float32) / 255.0).permute(2, 0, 1)
-    card = enh.card
-    # one pass: 2x for a scale-2 model, a same-size restoring pass for a scale-1 model
-    # at the card's tile: the most seams any backend serves with (OpenVINO defaults to larger)
-    tiled = enh.upscale(x, float(card.scale), tile=card.tile)
-    # one window holding the whole image: the engine's padding, no seams anywhere
-    side = max(x.shape[1:]) + 2 * card.overlap
-    big = -(-side // card.multiple) * card.multiple
-    with torch.no_grad():
-        (whole,) = tiled_apply(
-            [x],
-            lambda b: eager(b),
-            scale=card.scale,
-            tile=big,
-            overlap=card.overlap,
-            multiple=card.multiple,
-            dynamic=True,
+    def run(batch: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return model(batch)
+
+    try:
+        record = measure(
+            run,
+            photos,
+            scale=scale,
+            multiple=multiple,
+            blend=args.blend,
+            overlap=None if args.overlap == "auto" else int(args.overlap),
+            check=args.check_photos,
         )
-    return (tiled - whole.clamp(0, 1)).abs().max().item()
+    except ValueError as error:
+        raise ExportError(str(error)) from None
+    record["photos_from"] = [str(p) for p in args.photos]
+    return record["overlap"], record
 
 
 def export(args) -> int:
@@ -339,25 +338,12 @@ def export(args) -> int:
     scale, multiple, dynamic = model_facts(model, arch, args.tile)
     if args.tile % multiple:
         raise ExportError(f"--tile {args.tile} must be a multiple of {multiple}")
-    if args.overlap == "auto":
-        if not args.seam_image:
-            raise ExportError("--overlap auto needs --seam-image")
-        # multiples of `multiple` only: a U-Net with strided downsampling is not shift-invariant,
-        # so windows must start on its grid to agree with the whole image (tile and step, which
-        # is tile - 3*overlap, are then multiples too)
-        candidates = [
-            v
-            for v in (8, 12, 16, 24, 32, 40, 48, 64, 80, 96)
-            if v % multiple == 0 and 3 * v < args.tile
-        ]
-        if not candidates:
-            raise ExportError(f"no overlap that is a multiple of {multiple} fits tile {args.tile}")
-    else:
-        candidates = [int(args.overlap)]
-        if 3 * candidates[0] >= args.tile:
-            raise ExportError(
-                f"overlap {args.overlap} too large for tile {args.tile} (must be < tile/3)"
-            )
+    if args.overlap == "auto" and not args.photos:
+        raise ExportError("--overlap auto needs photos (--photos) to measure it on")
+    if args.overlap != "auto" and 3 * int(args.overlap) >= args.tile:
+        raise ExportError(
+            f"overlap {args.overlap} too large for tile {args.tile} (must be < tile/3)"
+        )
     gen = torch.Generator().manual_seed(0)
     example = torch.rand(1, 3, args.tile, args.tile, generator=gen)
     print(f"tracing {arch} (scale {scale}, multiple {multiple}) at 1x3x{args.tile}x{args.tile}")
@@ -410,29 +396,18 @@ def export(args) -> int:
         if spandrel_model:
             card["license"] = args.license or "unknown"
         card["export"]["dtype_checks"] = dtype_report
-        for overlap in candidates:
-            card["overlap"] = overlap
-            ModelCard.from_dict(card)  # the server's own validation
-            card_path.write_text(json.dumps(card, indent=2) + "\n")
-            if not args.seam_image:
-                break
-            err = seam_error(out, card_path, model, args.seam_image)
-            card["export"]["seam"] = {
-                "image": Path(args.seam_image).name,
-                "overlap": overlap,
-                "max_abs_tiled_vs_whole": round(err, 6),
-                "limit": round(1 / 255, 6),
-            }
-            print(
-                f"  overlap {overlap}: max |tiled - whole| on {Path(args.seam_image).name} = "
-                f"{err:.5f} ({err * 255:.2f}/255)"
+        card["overlap"] = 0 if args.overlap == "auto" else int(args.overlap)
+        card["blend"] = args.blend
+        if args.photos:
+            card["overlap"], card["export"]["context"] = measure_context(
+                model, args, scale, multiple, dynamic
             )
-            if err < 1 / 255:
-                break
-        else:
+        if 3 * card["overlap"] >= args.tile:
             raise ExportError(
-                f"no overlap in {candidates} keeps tiles within 1/255 of the whole image"
+                f"the model needs an overlap of {card['overlap']}: too large for tile {args.tile}"
+                " (must be < tile/3)"
             )
+        ModelCard.from_dict(card)  # the server's own validation
         card_path.write_text(json.dumps(card, indent=2) + "\n")
         os.replace(out, final)
         os.replace(card_path, final.with_suffix(".json"))

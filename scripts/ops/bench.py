@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from enhancer.admission import model_overhead
 from enhancer.card import ModelCard, file_sha256
 from enhancer.contract import MODEL_NAME, option_header
 from enhancer.engine import Enhancer, configure_cpu_threads
@@ -136,6 +137,17 @@ def naive_upscale(
     return current
 
 
+def naive_overhead(width: int, height: int, scale: float, card: ModelCard) -> float:
+    """Model pixels per output pixel of ``naive_upscale``: each pass padded to the multiple only."""
+    model_pixels = pass_pixels = 0
+    for step in plan_passes(width, height, scale):
+        w, h = step.dst if card.scale == 1 else step.src
+        m = card.multiple
+        model_pixels += (-(-w // m) * m) * (-(-h // m) * m)
+        pass_pixels += w * h
+    return model_pixels / pass_pixels
+
+
 def child(args: argparse.Namespace) -> None:
     """Load, warm up, run one case once, print a JSON line of measurements."""
     device = torch.device(args.device)
@@ -152,6 +164,8 @@ def child(args: argparse.Namespace) -> None:
         configure_cpu_threads(settings)
         enhancer = Enhancer.load(args.model, device=device, settings=settings)
         backend = enhancer.runner.backend
+        tile = args.tile or enhancer.tile
+        overhead = model_overhead(width, height, args.scale, enhancer.card, tile)
 
         def run(image):
             return enhancer.upscale(image, args.scale, tile=args.tile)
@@ -163,6 +177,7 @@ def child(args: argparse.Namespace) -> None:
             return naive_upscale(model, card, image, args.scale, device)
 
         backend = "torchscript"
+        tile, overhead = None, naive_overhead(width, height, args.scale, card)
 
     run(small)  # warm-up: allocator, kernels, CUDA context
     if device.type == "cuda":
@@ -185,6 +200,8 @@ def child(args: argparse.Namespace) -> None:
         else None,
         "threads": torch.get_num_threads(),
         "backend": backend,
+        "tile": tile,
+        "model_px_per_output_px": overhead,
     }
     print("RESULT " + json.dumps(result))
 
@@ -358,6 +375,8 @@ def bench_cases(model: Path, args) -> list[dict]:
                     device_peak_mb=max((r["device_peak_mb"] or 0) for r in results) or None,
                     latencies=latencies,
                     backend=results[0]["backend"],
+                    tile=results[0].get("tile"),
+                    model_px_per_output_px=results[0].get("model_px_per_output_px"),
                 )
             rows.append(row)
     return rows
@@ -470,7 +489,10 @@ def report(rows: list[dict], e2e: dict | None, model_text: str, args) -> str:
         "",
     ]
     gpu = args.device != "cpu"
-    head = "| case | method | runs | p50 s | p95 s | output MP/s | peak RSS MB | working MB |"
+    head = (
+        "| case | method | tile | model px per output px | runs | p50 s | p95 s | output MP/s "
+        "| peak RSS MB | working MB |"
+    )
     if gpu:
         head += " peak device MB |"
     lines += [head, "|" + "---|" * (head.count("|") - 1)]
@@ -478,13 +500,15 @@ def report(rows: list[dict], e2e: dict | None, model_text: str, args) -> str:
         name = f"{row['input']} x{row['scale']:g} ({row['output_mp']:.0f} MP out)"
         if "skipped" in row:
             lines.append(
-                f"| {name} | {row['method']} | 0 | skipped: {row['skipped']} | | | | |"
+                f"| {name} | {row['method']} | | | 0 | skipped: {row['skipped']} | | | | |"
                 + (" |" if gpu else "")
             )
             continue
         method = row["method"] + (f" ({row['backend']})" if row["method"] == "engine" else "")
+        ratio = row.get("model_px_per_output_px")
         line = (
-            f"| {name} | {method} | {row['runs']} | {row['p50_s']:.2f} | "
+            f"| {name} | {method} | {row.get('tile') or 'whole'} | "
+            f"{'' if ratio is None else f'{ratio:.3f}'} | {row['runs']} | {row['p50_s']:.2f} | "
             f"{row['p95_s']:.2f} | "
             f"{row['mp_per_s']:.2f} | {row['peak_rss_mb']:.0f} | {row['work_mb']:.0f} |"
         )
@@ -531,6 +555,81 @@ def report(rows: list[dict], e2e: dict | None, model_text: str, args) -> str:
     return "\n".join(lines)
 
 
+def overhead_report(card: ModelCard, cases: list[str], tiles: dict[str, int]) -> str:
+    """The planner's model pixels per output pixel for each case and tile (no model run):
+    ``tiles`` maps a label (the backend that serves with it) to the tile."""
+    head = "| case | " + " | ".join(f"{label} (tile {tile})" for label, tile in tiles.items())
+    lines = [
+        f"Tiling overhead, model pixels per output pixel (overlap {card.overlap}, blend "
+        f"{card.overlap if card.blend is None else card.blend}, grid {card.multiple}):",
+        "",
+        head + " |",
+        "|" + "---|" * (len(tiles) + 1),
+    ]
+    for case in cases:
+        mp, scale = case.split("x")
+        width, height = SIZES[mp]
+        ratios = [
+            f"{model_overhead(width, height, float(scale), card, tile):.3f}"
+            for tile in tiles.values()
+        ]
+        lines.append(f"| {width}x{height} x{scale} | " + " | ".join(ratios) + " |")
+    return "\n".join(lines)
+
+
+def tile_sweep(model: Path, backends: list[str], tiles: list[int], reps: int) -> str:
+    """Model throughput per window size and backend, and what it makes of a 1 MP x2 pass once the
+    planner's overhead at that tile is paid: the tile each backend should serve with.
+
+    Each backend loads the model once (float32 on this CPU, the service's threads); the window
+    sizes run interleaved, ``reps`` rounds, two windows per call (the service's tile batch), and
+    the median seconds per model pixel is kept."""
+    from enhancer.runner import ModelRunner
+
+    settings = service_settings()
+    configure_cpu_threads(settings)
+    card = ModelCard.load(model.with_suffix(".json"))
+    width, height = SIZES["1"]
+    lines = [
+        "| backend | tile | model MP/s (median) | model px per output px, 1 MP x2 | "
+        "output MP/s, 1 MP x2 (model only) |",
+        "|---|---|---|---|---|",
+    ]
+    for backend in backends:
+        runner = ModelRunner(model, card, torch.device("cpu"), "float32", backend)
+        batch = settings.tile_batch_cpu
+        times: dict[int, list[float]] = {tile: [] for tile in tiles}
+        generator = torch.Generator().manual_seed(0)
+        inputs = {t: torch.rand(batch, 3, t, t, generator=generator) for t in tiles}
+        for tile in tiles:  # warm-up: compile each shape once
+            runner(inputs[tile])
+        for rep in range(reps):
+            for tile in tiles if rep % 2 == 0 else tiles[::-1]:
+                started = time.perf_counter()
+                runner(inputs[tile])
+                times[tile].append((time.perf_counter() - started) / (batch * tile * tile))
+        for tile in tiles:
+            per_px = statistics.median(times[tile])
+            ratio = model_overhead(width, height, 2.0, card, tile)
+            lines.append(
+                f"| {runner.backend} | {tile} | {1e-6 / per_px:.3f} | {ratio:.3f} | "
+                f"{4 * 1e-6 / (per_px * ratio):.3f} |"
+            )
+            print(lines[-1], flush=True)
+    return "\n".join(lines)
+
+
+def served_tiles(card: ModelCard, extra: list[int]) -> dict[str, int]:
+    """The tiles the engine serves this card with per backend (engine.Enhancer), and ``extra``."""
+    settings = service_settings()
+    tiles = {"torchscript": card.tile}
+    if card.dynamic and settings.openvino_tile:
+        tiles["openvino"] = max(card.tile, settings.openvino_tile // card.multiple * card.multiple)
+    for tile in extra:
+        tiles[f"tile {tile}"] = tile
+    return tiles
+
+
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark the parsed arguments ask for; print (and write) the report."""
     if args.child:
@@ -568,6 +667,17 @@ def run(args: argparse.Namespace) -> int:
             )
             model = snapshot
         print(f"bench: {model_text}", flush=True)
+        overheads = overhead_report(
+            ModelCard.load(model.with_suffix(".json")),
+            args.cases,
+            served_tiles(ModelCard.load(model.with_suffix(".json")), args.engine_tiles),
+        )
+        print(overheads + "\n", flush=True)
+        if args.ratios_only:
+            return 0
+        if args.tile_sweep:
+            print(tile_sweep(model, args.sweep_backends, args.tile_sweep, args.reps), flush=True)
+            return 0
         if args.parity:
             print(backend_parity(model, args), flush=True)
         args.model = model
@@ -575,7 +685,7 @@ def run(args: argparse.Namespace) -> int:
         e2e = None if args.no_e2e else bench_e2e(model, args)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    text = report(rows, e2e, model_text, args)
+    text = report(rows, e2e, model_text, args) + "\n\n" + overheads
     print("\n" + text)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

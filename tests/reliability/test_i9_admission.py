@@ -58,7 +58,7 @@ def test_i9_the_largest_admitted_scale_finishes_and_the_next_is_refused(slow_ser
     assert f"a batch may take {budget:.0f} s" in ts.log_text()
     # an image whose 2x pass the worker's own figures put at about 60% of the budget
     card = ModelCard.load(model.with_suffix(".json"))
-    tile = 512 if backend == "openvino" else card.tile
+    tile = EnhancerSettings().openvino_tile if backend == "openvino" else card.tile
     side = 64
     while throughput.seconds(work(side + 32, side + 32, 2.0, card, tile)) < 0.6 * budget:
         side += 32
