@@ -245,6 +245,8 @@ def test_a_worker_without_admission_publishes_no_estimator(model_dir):
     handler = load_handler_class()()
     handler.initialize(FakeContext(model_dir, {"time_budget_share": 0.0}))
     assert json.loads(handler.describe_handle()) == {"estimator": None}
+
+
 def test_a_4x_card_is_costed_by_its_own_pass_plan(sr4_engine, engine):
     """4x on a 4x card is one model pass at the input size: the same model pixels as 2x or 3x on
     it (one 4x pass, resized down), and fewer than the two passes 4x takes on a 2x card; 8x is a

@@ -23,6 +23,7 @@ import sys
 import threading
 import time
 import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +37,14 @@ from scripts.ops import container
 from scripts.ops import page as page_script
 from scripts.ops import torchserve as serve
 from tests.helpers.images import padded
-from tests.helpers.pages import free_port, multipart, start_page, stop_page
+from tests.helpers.pages import (
+    Page,
+    free_port,
+    multipart,
+    predictions_logged,
+    start_page,
+    stop_page,
+)
 from tests.helpers.servers import start_torchserve, stop_torchserve
 
 pytestmark = pytest.mark.e2e
@@ -723,7 +731,7 @@ def check_the_queue(ts, page: Page, sizes: QueueSizes, photo) -> None:
         )
 
     threads = [threading.Thread(target=send, args=(k,)) for k in range(QUEUED)]
-    logged = _predictions_logged(ts)
+    logged = predictions_logged(ts)
     try:
         started = time.monotonic()
         for thread in threads:
@@ -769,9 +777,9 @@ def check_the_queue(ts, page: Page, sizes: QueueSizes, photo) -> None:
     assert [answers[k].status_code for k in range(QUEUED)] == [200] * QUEUED, context
     assert page.answered(200) == QUEUED and page.answered(503) == 1
     deadline = time.monotonic() + 10  # the access log is written as each answer goes out
-    while _predictions_logged(ts) - logged < QUEUED and time.monotonic() < deadline:
+    while predictions_logged(ts) - logged < QUEUED and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert _predictions_logged(ts) - logged == QUEUED  # the late one never reached TorchServe
+    assert predictions_logged(ts) - logged == QUEUED  # the late one never reached TorchServe
     assert "answered busy at once" in page.log_text()
     assert requests.get(f"{page.url}/queue", timeout=10).json()["in_flight"] == 0
 

@@ -95,3 +95,11 @@ def multipart(
     )
     parts = fields + file_part if options_first else file_part + fields
     return parts + f"--{boundary}--\r\n".encode(), f"multipart/form-data; boundary={boundary}"
+
+
+def predictions_logged(ts) -> int:
+    """How many predictions TorchServe's access log has recorded: what reached the worker."""
+    path = ts.workdir / "logs" / "access_log.log"
+    return (
+        path.read_text(errors="replace").count("POST /predictions/enhancer") if path.exists() else 0
+    )

@@ -25,7 +25,7 @@ from PIL import Image
 from scripts.ops import slowloris
 from tests.helpers.calls import RESTART_MARKERS, photo_bytes, worker
 from tests.helpers.images import padded
-from tests.helpers.pages import multipart, start_page, stop_page
+from tests.helpers.pages import multipart, predictions_logged, start_page, stop_page
 from tests.reliability.conftest import UPLOAD_LIMIT
 
 pytestmark = [pytest.mark.e2e, pytest.mark.reliability]
@@ -49,13 +49,6 @@ def page_rss_mb(site) -> float:
 
 
 # -- F1 --------------------------------------------------------------------------------------------
-
-
-def _predictions_logged(ts) -> int:
-    path = ts.workdir / "logs" / "access_log.log"
-    return (
-        path.read_text(errors="replace").count("POST /predictions/enhancer") if path.exists() else 0
-    )
 
 
 def _post_raw(url: str, body: bytes, content_type: str, chunked: bool) -> int:
@@ -84,7 +77,7 @@ def test_f1_upload_limit_exact_over_and_chunked_never_reach_torchserve(page, tor
     no Content-Length, are 413s from the page, and TorchServe's access log shows neither."""
     site = page
     base = photo_bytes(40, 30)
-    before = _predictions_logged(torchserve)
+    before = predictions_logged(torchserve)
     refused = site.answered(413)
 
     # One byte over the image limit: the page's image check, which names the limit.
@@ -112,9 +105,9 @@ def test_f1_upload_limit_exact_over_and_chunked_never_reach_torchserve(page, tor
 
     # TorchServe logged the one upload within the limit, and neither oversized one came before it.
     deadline = time.monotonic() + 10
-    while _predictions_logged(torchserve) < before + 1 and time.monotonic() < deadline:
+    while predictions_logged(torchserve) < before + 1 and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert _predictions_logged(torchserve) == before + 1
+    assert predictions_logged(torchserve) == before + 1
     assert site.answered(413) == refused + 2
 
 
