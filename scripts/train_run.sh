@@ -101,7 +101,16 @@ start)
     # setsid puts the run in its own scheduler autogroup, where its nice value only ranks it against
     # itself: with autogroups on (Linux's default for desktops and this machine), a nice 19 run got
     # as much CPU as the tests beside it. The autogroup's own nice value is what yields.
-    echo 19 > "/proc/$!/autogroup" 2>/dev/null || true
+    # Wait until setsid has moved the child into its own autogroup: written earlier, the value
+    # lands on the caller's autogroup (this shell's session) and starves it instead.
+    pid=$!
+    for _ in $(seq 50); do
+        [ "$(cut -d' ' -f1 "/proc/$pid/autogroup" 2>/dev/null)" != "$(cut -d' ' -f1 /proc/$$/autogroup)" ] && break
+        sleep 0.1
+    done
+    if [ "$(cut -d' ' -f1 "/proc/$pid/autogroup" 2>/dev/null)" != "$(cut -d' ' -f1 /proc/$$/autogroup)" ]; then
+        echo 19 > "/proc/$pid/autogroup" 2>/dev/null || true
+    fi
     echo "started pid $! (${resume[*]:-fresh}) writing $RUN; log $RUN/train.log"
     ;;
 status)
