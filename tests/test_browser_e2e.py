@@ -671,10 +671,24 @@ class QueueSizes:
 
 
 @pytest.fixture(scope="module")
-def queue_sizes(torchserve) -> QueueSizes:
+def slow_torchserve(tmp_path_factory):
+    """TorchServe serving a slowed-down stand-in model (tests.helpers.tiny_models.slow_sr), so
+    that photos within the caps take seconds on any machine: the tiny session model finishes
+    the largest allowed photo too fast for a queue to form on an idle worker."""
+    from tests.helpers.tiny_models import slow_sr
+
+    model_pt = slow_sr(tmp_path_factory.mktemp("slow-model"))
+    ts = start_torchserve(model_pt, tmp_path_factory.mktemp("slow-ts"))
+    yield ts
+    stop_torchserve(ts)
+
+
+@pytest.fixture(scope="module")
+def queue_sizes(slow_torchserve) -> QueueSizes:
     from enhancer.admission import Estimator
     from enhancer.client import TorchServeClient
 
+    torchserve = slow_torchserve
     client = TorchServeClient(
         torchserve.inference_url,
         torchserve.management_url,
@@ -688,8 +702,9 @@ def queue_sizes(torchserve) -> QueueSizes:
     def grow(scale: str, seconds: float, cap: int) -> tuple[tuple[int, int], float]:
         width, height = 160, 120
         while (cost := estimator.request_seconds(width, height, {"scale": scale})) < seconds:
-            if width * height * float(scale) ** 2 * 1.21 > cap:
-                pytest.skip(f"this worker is too fast for {seconds:.0f} s photos within the caps")
+            assert width * height * float(scale) ** 2 * 1.21 <= cap, (
+                f"the slowed stand-in finishes {seconds:.0f} s photos past the caps"
+            )
             width, height = int(width * 1.1), int(height * 1.1)
         return (width, height), cost
 
@@ -700,13 +715,14 @@ def queue_sizes(torchserve) -> QueueSizes:
 
 
 def test_uploads_queue_with_their_places_and_a_late_one_is_busy_at_once(
-    torchserve, queue_sizes, photo, tmp_path
+    slow_torchserve, queue_sizes, photo, tmp_path
 ):
     """QUEUED photos sent at once through the page (gunicorn, 2 processes) to the real worker take
     places 1..QUEUED with expected waits; a late photo that fits the page's read timeout alone but
     not behind them is answered 503 ServiceBusy at once, saying its expected wait and the limit,
     and never reaches TorchServe; the queued ones are all enhanced."""
     sizes = queue_sizes
+    torchserve = slow_torchserve
     page = start_page(
         torchserve, tmp_path / "page", READ_TIMEOUT=round(sizes.limit, 1), RATE_LIMIT_PER_MINUTE=0
     )
@@ -785,9 +801,9 @@ def check_the_queue(ts, page: Page, sizes: QueueSizes, photo) -> None:
 
 
 def test_the_page_shows_each_uploads_place_and_expected_wait(
-    torchserve, queue_sizes, browser, photo, tmp_path
+    slow_torchserve, queue_sizes, browser, photo, tmp_path
 ):
-    page = start_page(torchserve, tmp_path / "page", READ_TIMEOUT=round(queue_sizes.limit, 1))
+    page = start_page(slow_torchserve, tmp_path / "page", READ_TIMEOUT=round(queue_sizes.limit, 1))
     try:
         browser.goto(page.url)
         browser.locator("#service").filter(has_text="Service ready.").wait_for(timeout=30_000)
