@@ -142,10 +142,16 @@ class Ledger:
     ) -> Refusal | None:
         """Take a place for ``ticket_id`` unless its expected wait is over ``limit`` seconds;
         then nothing is taken and the Refusal says why. An upload of unknown estimate is never
-        refused (the worker's own admission still applies)."""
+        refused (the worker's own admission still applies), nor one whose own estimate alone is
+        over ``limit``: no wait makes that fit, so "busy, try again" would be false; it goes on
+        to the worker, whose admission by cost (a budget below the page's limit) or pixel caps
+        answer 413 with the largest scale that fits. It holds its place as unknown work (it is
+        refused in milliseconds), so uploads behind it are not turned away for it."""
         with self._locked() as queue:
             now = self._clock()
             _, ahead = schedule(queue.tickets, now, workers, queue.done)
+            if estimate is not None and estimate > limit:
+                estimate = None
             if estimate is not None and ahead + estimate > limit:
                 wait = ahead + estimate
                 return Refusal(

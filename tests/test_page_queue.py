@@ -75,6 +75,22 @@ def test_an_upload_is_refused_when_its_wait_is_over_the_limit_and_takes_no_place
     assert slots[0].wait == pytest.approx(40) and slots[0].running
 
 
+def test_an_upload_too_costly_for_any_wait_is_not_called_busy_and_holds_no_time(tmp_path):
+    """Its own estimate over the limit: retrying later cannot help, so it is not refused as busy
+    (503 would say "try again"); it goes on to the worker's admission (413), adding no work."""
+    clock = Clock()
+    ledger = Ledger(tmp_path / "queue.json", max_age=600, clock=clock)
+    assert ledger.admit("a", 40, workers=1, limit=100) is None
+    clock.now += 1
+    assert ledger.admit("huge", 1000, workers=1, limit=100) is None
+    clock.now += 1
+    assert ledger.admit("b", 49, workers=1, limit=100) is None  # 38 + 49 s: the huge one adds none
+    slots, ahead = ledger.state(workers=1)
+    assert [slot.ticket.id for slot in slots] == ["a", "huge", "b"]
+    assert slots[1].wait is None and ahead == pytest.approx(38 + 49)
+    assert ledger.admit("c", 20, workers=1, limit=100) is not None  # 107 s: busy again
+
+
 def test_tickets_of_dead_processes_and_too_old_ones_are_dropped(tmp_path):
     clock = Clock()
     path = tmp_path / "queue.json"
