@@ -23,6 +23,7 @@ keeps reading the next requests meanwhile.
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import json
 import logging
@@ -180,8 +181,15 @@ class EnhancerDeployment:
         # admission by cost, as under TorchServe: calibrated here, per replica
         self.engine.admit_by_cost(config.model_config)
         self.max_request_bytes = config.max_request_bytes
+        self.max_batch_size = config.max_batch_size
+        self.batch_wait_s = config.batch_wait_s
         self.enhance_rows.set_max_batch_size(config.max_batch_size)
         self.enhance_rows.set_batch_wait_timeout_s(config.batch_wait_s)
+        # rows handed over by @serve.batch, waiting for the engine (see enhance_rows)
+        self.waiting: collections.deque[tuple[tuple[bytes, dict], asyncio.Future]] = (
+            collections.deque()
+        )
+        self.engine_task: asyncio.Task | None = None
         logger.info(
             "replica ready: %s on %s, batches of up to %d within %g ms",
             Path(config.model).name,
@@ -219,20 +227,46 @@ class EnhancerDeployment:
             logger.info("request refused: %d %s", outcome.status, outcome.message)
         return response_for(outcome)
 
-    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.01)
+    # Two batches may be handed over at once: Ray forms the next batch as soon as the previous one
+    # is handed over (from what arrived within batch_wait_timeout_s), not when the engine is free.
+    # With one, a batch's late arrivals would each wait for a model run of their own.
+    @serve.batch(max_batch_size=4, batch_wait_timeout_s=0.01, max_concurrent_batches=2)
     async def enhance_rows(
         self, rows: list[tuple[bytes, dict[str, object]]]
     ) -> list[Result | EnhanceError]:
-        """One engine call for the requests batched together (sizes set in ``__init__``)."""
-        started = time.perf_counter()
-        outcomes = await asyncio.to_thread(self.engine.enhance_batch, rows)
-        elapsed_ms = 1000 * (time.perf_counter() - started)
-        logger.info("%d request(s) in one engine call, %.0f ms", len(rows), elapsed_ms)
-        return outcomes
+        """The answers to a batch of requests that ``@serve.batch`` gathered (sizes set in
+        ``__init__``).
 
-    def batch_sizes(self) -> tuple[int, float]:
-        """The batching in force: (max_batch_size, batch_wait_timeout_s)."""
-        return (
-            self.enhance_rows.get_max_batch_size(),
-            self.enhance_rows.get_batch_wait_timeout_s(),
-        )
+        The rows join one queue in front of the engine, which takes everything waiting there (up
+        to ``max_batch_size`` rows) each time it is free: TorchServe's batching, where a worker
+        takes the queued requests when it finishes a batch, whereas Ray's batches are formed while
+        the engine is still busy and would otherwise run one after the other.
+        """
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in rows]
+        self.waiting.extend(zip(rows, futures, strict=True))
+        if self.engine_task is None or self.engine_task.done():
+            self.engine_task = asyncio.create_task(self._run_engine())
+        return list(await asyncio.gather(*futures))
+
+    async def _run_engine(self) -> None:
+        """Run the waiting rows through the engine, up to ``max_batch_size`` per call, until none
+        are left. The engine runs in a thread, so this replica keeps reading requests meanwhile."""
+        while self.waiting:
+            taken = [
+                self.waiting.popleft() for _ in range(min(len(self.waiting), self.max_batch_size))
+            ]
+            rows = [row for row, _ in taken]
+            started = time.perf_counter()
+            try:
+                outcomes = await asyncio.to_thread(self.engine.enhance_batch, rows)
+            except Exception:  # noqa: BLE001 - an engine bug fails these requests, not the replica
+                logger.exception("enhancing %d request(s) failed", len(rows))
+                outcomes = [InternalError() for _ in rows]
+            elapsed_ms = 1000 * (time.perf_counter() - started)
+            logger.info("%d request(s) in one engine call, %.0f ms", len(rows), elapsed_ms)
+            for (_, future), outcome in zip(taken, outcomes, strict=True):
+                if not future.done():
+                    future.set_result(outcome)
+            # let the batch that waited for Ray's batch slot join before the next engine call
+            await asyncio.sleep(self.batch_wait_s)
