@@ -253,9 +253,13 @@ class EnhancerDeployment:
         """Run the waiting rows through the engine, up to ``max_batch_size`` per call, until none
         are left. The engine runs in a thread, so this replica keeps reading requests meanwhile."""
         while self.waiting:
-            taken = [
-                self.waiting.popleft() for _ in range(min(len(self.waiting), self.max_batch_size))
-            ]
+            taken = []
+            while self.waiting and len(taken) < self.max_batch_size:
+                row, future = self.waiting.popleft()
+                if not future.done():  # done: its client went away (cancelled); skip the work
+                    taken.append((row, future))
+            if not taken:
+                break
             rows = [row for row, _ in taken]
             started = time.perf_counter()
             try:
