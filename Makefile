@@ -50,7 +50,7 @@ lint: setup-dev
 	.venv/bin/ruff format --check handlers frontend scripts deploy tests
 
 # -- Triton and Docker (README "Scaling out") ------------------------------------------------------
-.PHONY: setup-triton triton docker docker-cuda
+.PHONY: setup-triton triton setup-ray ray ray-stop docker docker-cuda
 TRITON_ARGS ?=
 IMAGE ?= image-enhancer
 
@@ -62,6 +62,20 @@ setup-triton: setup
 # e.g. make triton TRITON_ARGS="--model runs/x/enhancer.pt --http-port 9000 --max-batch-size 8".
 triton: setup-triton
 	$(PY) -m scripts.triton_serve $(TRITON_ARGS)
+
+# Ray Serve (README "Ray Serve"): a local single-node Ray cluster on this machine's cores, two
+# replicas of model_store/enhancer.pt, TorchServe's HTTP API on 127.0.0.1:8000, until Ctrl-C or
+# make ray-stop; e.g. make ray RAY_ARGS="--replicas 4 --num-cpus 8 --port 9000".
+RAY_ARGS ?= --replicas 2
+
+setup-ray:
+	scripts/setup.sh ray
+
+ray: setup-ray
+	$(PY) -m scripts.ray_serve $(RAY_ARGS)
+
+ray-stop:
+	$(PY) -m scripts.ray_serve stop
 
 docker:
 	docker build -t $(IMAGE):cpu .

@@ -3,14 +3,15 @@
 #
 #   scripts/setup.sh serve   # TorchServe, the engine and the page (CPU torch is enough)
 #   scripts/setup.sh dev     # + tests, training (fastai, full torch build), export (spandrel),
-#                            #   Triton, headless Chromium
+#                            #   Triton, Ray Serve, headless Chromium
+#   scripts/setup.sh ray     # serve + Ray Serve (make ray)
 #
 # Idempotent: a stamp file per kind records the pyproject.toml it installed, so a second run is instant.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 kind=${1:-serve}
-case "$kind" in serve | dev) ;; *) echo "usage: $0 serve|dev" >&2; exit 2 ;; esac
+case "$kind" in serve | dev | ray) ;; *) echo "usage: $0 serve|dev|ray" >&2; exit 2 ;; esac
 python=${PYTHON:-python3}
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; elif command -v sudo >/dev/null; then sudo "$@"; else return 1; fi; }
@@ -47,7 +48,10 @@ if [ ! -f "$stamp" ]; then
         # torchvision only imports beside the full torch build; where a local CPU-only wheel of the
         # same version is on offer (+cpu), refuse it explicitly.
         "${pip[@]}" "torch==2.13.0,!=2.13.0+cpu" "torchvision==0.28.0"
-        "${pip[@]}" -e ".[test,train,export,triton]"
+        "${pip[@]}" -e ".[test,train,export,triton,ray]"
+    elif [ "$kind" = ray ]; then
+        .venv/bin/python -c "import torch" 2>/dev/null || "${pip[@]}" "torch==2.13.0"
+        "${pip[@]}" -e ".[ray]"
     else
         .venv/bin/python -c "import torch" 2>/dev/null || "${pip[@]}" "torch==2.13.0"
         "${pip[@]}" -e .

@@ -27,11 +27,9 @@ from enhancer.contract import MODEL_NAME
 from enhancer.serving.triton import make_infer_func, model_config, model_tensors
 from enhancer.settings import EnhancerSettings
 from scripts.ops.paths import DEFAULT_MODEL, MODEL_CONFIG
+from scripts.ops.serving import load_model_config, resolve_device, serving_defaults
 from scripts.ops.triton import (
     load_enhancer,
-    load_model_config,
-    resolve_device,
-    serving_defaults,
     socket_path_problem,
     use_own_libpython,
     wait_model_ready,

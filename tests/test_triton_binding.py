@@ -25,6 +25,7 @@ import yaml
 from PIL import Image
 
 from enhancer.serving import triton as adapter
+from scripts.ops import serving as serving_ops
 from scripts.ops import triton as triton_ops
 from scripts.ops.paths import CONFIG, MODEL_CONFIG
 from tests.helpers.images import encode, photo_array, webp_ending_in_nul
@@ -302,17 +303,17 @@ def test_text_instead_of_bytes_is_400(infer):
 
 
 def test_defaults_come_from_the_files_torchserve_reads(tmp_path):
-    model_config = triton_ops.load_model_config()
+    model_config = serving_ops.load_model_config()
     properties = tmp_path / "config.properties"
     properties.write_text("# comment\njob_queue_size=7\nmax_request_size=1234\n")
-    got = triton_ops.serving_defaults(model_config, properties)
+    got = serving_ops.serving_defaults(model_config, properties)
     assert got == {
         "max_batch_size": model_config["batchSize"],
         "delay_us": model_config["maxBatchDelay"] * 1000,
         "queue_size": 7,
         "max_image_bytes": 1234,
     }
-    repo = triton_ops.serving_defaults(model_config)
+    repo = serving_ops.serving_defaults(model_config)
     text = CONFIG.read_text()
     assert f"job_queue_size={repo['queue_size']}" in text
     assert f"max_request_size={repo['max_image_bytes']}" in text
@@ -324,7 +325,7 @@ def test_settings_file_is_the_handlers():
 
     raw = yaml.safe_load(MODEL_CONFIG.read_text())
     assert MODEL_CONFIG == Path(__file__).parent.parent / "handlers" / "model-config.yaml"
-    settings = EnhancerSettings.from_model_config(triton_ops.load_model_config())
+    settings = EnhancerSettings.from_model_config(serving_ops.load_model_config())
     assert settings.max_input_pixels == raw["handler"]["max_input_pixels"]
 
 

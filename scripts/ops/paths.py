@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from enhancer.contract import MODEL_NAME, RESTORE_FILE
+from enhancer.contract import FACE_FILE, MODEL_NAME, RESTORE_FILE
 
 REPO = Path(__file__).resolve().parents[2]
 RUN_DIR = REPO / ".run"
@@ -25,3 +25,10 @@ def restore_beside(model: Path) -> Path | None:
     if Path(model).name == RESTORE_FILE or not restore.exists():
         return None
     return restore if restore.with_suffix(".json").exists() else None
+
+
+def face_beside(model: Path) -> Path | None:
+    """The face model served with ``model``: ``face.pt`` and its card in the same folder, or None.
+    With it the server takes ``faces=auto``."""
+    face = Path(model).with_name(FACE_FILE)
+    return face if face.exists() and face.with_suffix(".json").exists() else None

@@ -1,6 +1,6 @@
-"""Triton Inference Server through PyTriton: settings shared with TorchServe, the libpython
-detail, socket paths, loading the engine and waiting for the model (``scripts.triton_serve`` runs
-it; the adapter itself is ``enhancer.serving.triton``).
+"""Triton Inference Server through PyTriton: the libpython detail, socket paths, loading the engine
+and waiting for the model (``scripts.triton_serve`` runs it; the adapter itself is
+``enhancer.serving.triton``; the settings it shares with TorchServe are ``scripts.ops.serving``).
 
 libpython: PyTriton runs models through Triton's Python backend stub, which links the *system*
 ``libpython3.X.so.1.0``. When this interpreter is another build (pyenv, a python:3.x Docker image)
@@ -21,43 +21,13 @@ import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
-import yaml
-
-from enhancer.contract import FACE_FILE, MODEL_NAME
+from enhancer.contract import MODEL_NAME
 from enhancer.engine import Enhancer, configure_cpu_threads
 from enhancer.settings import EnhancerSettings
-from scripts.ops.paths import CONFIG as TORCHSERVE_CONFIG
-from scripts.ops.paths import MODEL_CONFIG, restore_beside
-from scripts.ops.properties import read_properties
+from scripts.ops.paths import face_beside, restore_beside
 
 logger = logging.getLogger(__name__)
-
-
-def load_model_config(path: Path = MODEL_CONFIG) -> dict[str, Any]:
-    """The parsed handlers/model-config.yaml (TorchServe's per-model config)."""
-    return yaml.safe_load(Path(path).read_text()) or {}
-
-
-def serving_defaults(
-    model_config: Mapping[str, Any], properties_path: Path = TORCHSERVE_CONFIG
-) -> dict[str, int]:
-    """Triton settings that match TorchServe's: batching, queue and request size.
-
-    Returns:
-        ``max_batch_size`` (model-config.yaml ``batchSize``), ``delay_us`` (``maxBatchDelay`` ms,
-        in microseconds), ``queue_size`` (config.properties ``job_queue_size``; 0, Triton's
-        "unbounded", if unset) and ``max_image_bytes`` (``max_request_size``; TorchServe's
-        default 6553500 if unset).
-    """
-    properties = read_properties(properties_path) if Path(properties_path).exists() else {}
-    return {
-        "max_batch_size": int(model_config.get("batchSize", 1)),
-        "delay_us": int(float(model_config.get("maxBatchDelay", 0)) * 1000),
-        "queue_size": int(properties.get("job_queue_size", 0)),
-        "max_image_bytes": int(properties.get("max_request_size", 6553500)),
-    }
 
 
 # -- the libpython detail -------------------------------------------------------------------------
@@ -134,15 +104,6 @@ def socket_path_problem(workspace: Path, model_name: str = MODEL_NAME) -> str | 
     )
 
 
-def resolve_device(name: str) -> str:
-    """ "auto" -> "cuda" when a GPU is visible, else "cpu"; anything else as given."""
-    import torch
-
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return name
-
-
 def load_enhancer(model: Path, device: str, settings: EnhancerSettings) -> Enhancer:
     """Load the engine as the TorchServe handler does (card check, CPU threads)."""
     if not model.exists() or not model.with_suffix(".json").exists():
@@ -156,8 +117,7 @@ def load_enhancer(model: Path, device: str, settings: EnhancerSettings) -> Enhan
     restore = restore_beside(model)  # a restore.pt beside it: the clean/restore pair (denoise)
     if restore is not None:
         logger.info("serving the clean/restore pair: %s and %s", model.name, restore.name)
-    face = model.with_name(FACE_FILE)  # a face.pt beside it: the face path (faces option)
-    face = face if face.exists() and face.with_suffix(".json").exists() else None
+    face = face_beside(model)  # a face.pt beside it: the face path (faces option)
     return Enhancer.load(
         model, device=device, settings=settings, restore_path=restore, face_path=face
     )
