@@ -25,6 +25,7 @@ from typing import Any
 
 import yaml
 
+from enhancer.catalog import find_models
 from enhancer.contract import FACE_FILE, MODEL_NAME
 from enhancer.engine import Enhancer, configure_cpu_threads
 from enhancer.settings import EnhancerSettings
@@ -158,8 +159,15 @@ def load_enhancer(model: Path, device: str, settings: EnhancerSettings) -> Enhan
         logger.info("serving the clean/restore pair: %s and %s", model.name, restore.name)
     face = model.with_name(FACE_FILE)  # a face.pt beside it: the face path (faces option)
     face = face if face.exists() and face.with_suffix(".json").exists() else None
+    # every other model with its card in the folder (or one level down): the ``model`` option
+    extras = find_models(model.parent, skip=[model, *([restore] if restore else [])])
     return Enhancer.load(
-        model, device=device, settings=settings, restore_path=restore, face_path=face
+        model,
+        device=device,
+        settings=settings,
+        restore_path=restore,
+        face_path=face,
+        extra_models=extras,
     )
 
 
