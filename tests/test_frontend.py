@@ -1309,6 +1309,12 @@ def test_health_without_management_api(make_app, stub):
 )
 def test_no_route_to_torchserve_or_a_debugger(client, stub, method, path):
     response = client.open(path, method=method)
+    if (path, method) == ("/models", "GET"):
+        # the page's own listing of the models (the worker's description, reduced to the
+        # listing's fields), not TorchServe's management API passed through
+        assert set(response.get_json()) == {"models", "pair", "max_loaded"}
+        assert stub.requests == [("GET", "/models/enhancer")]
+        return
     if method == "OPTIONS" and response.status_code == 200:
         assert response.get_data() == b""  # Flask's automatic OPTIONS answer: the Allow header only
     else:
@@ -1325,6 +1331,7 @@ def test_only_the_documented_routes_exist(app):
         ("/", ("GET",)),
         ("/enhance", ("POST",)),
         ("/health", ("GET",)),
+        ("/models", ("GET",)),
         ("/queue", ("GET",)),
         ("/static/<path:filename>", ("GET",)),
     }

@@ -26,6 +26,7 @@ from scripts.ops.paths import MODEL_CONFIG
 from tests.helpers.images import open_bytes, photo_array, to_bytes
 from tests.helpers.servers import start_torchserve, stop_torchserve
 from tests.helpers.tiny_models import tiny_restore, tiny_sr, tiny_sr4
+from tests.test_browser_e2e import browser, browser_context  # noqa: F401 - fixtures
 
 pytestmark = [
     pytest.mark.e2e,
@@ -183,6 +184,39 @@ def test_enhance_server_sends_the_model_to_torchserve(ts, local, tmp_path):
     key = ["--key-file", str(ts.workdir / "key_file.json")]
     assert batch.main([*args, *key, "--model", "x4"]) == 0
     assert (out / "p_x2.png").read_bytes() == local["x4"].enhance(source.read_bytes()).data
+
+
+def test_the_pages_model_menu_picks_a_model_in_a_browser(ts, local, browser, tmp_path):  # noqa: F811
+    """The page's Model menu is built from the worker's listing; choosing x4 hides the Clean-up
+    slider, shows the card's figures, and the photo dropped comes back from that model."""
+    from tests.helpers.pages import start_page, stop_page
+    from tests.test_browser_e2e import drop
+
+    site = start_page(ts, tmp_path / "page")
+    try:
+        browser.goto(site.url)
+        menu = browser.locator("#opt-model")
+        browser.locator("#opt-model option[value=x4]").wait_for(state="attached")
+        assert menu.evaluate("m => [...m.options].map((o) => o.value)") == ["", "one", "x4"]
+        assert browser.locator("#opt-model option[value=x4]").text_content() == "x4 (4×)"
+        menu.select_option("x4")
+        assert "x4 test, 4× model: quality not measured" in (
+            browser.locator("#model-help").text_content()
+        )
+        assert not browser.locator("#opt-denoise").is_visible()
+        original = photo_png(60, 40)
+        drop(browser, [("p.png", "image/png", original)])
+        browser.locator("#queue li[data-state=done]").wait_for(timeout=60_000)
+        with browser.expect_download() as download_info:
+            browser.locator("#queue li a.download").click()
+        saved = tmp_path / "download.png"
+        download_info.value.save_as(saved)
+    finally:
+        stop_page(site)
+    # what the page sends by default for a PNG, with model=x4 and no denoise
+    fields = {"scale": "2", "level": "1", "metadata": "strip-location", "faces": "off",
+              "quality": "90"}  # fmt: skip
+    assert saved.read_bytes() == local["x4"].enhance(original, fields).data
 
 
 # -- Triton --------------------------------------------------------------------------------------
