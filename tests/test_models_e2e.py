@@ -26,7 +26,6 @@ from scripts.ops.paths import MODEL_CONFIG
 from tests.helpers.images import open_bytes, photo_array, to_bytes
 from tests.helpers.servers import start_torchserve, stop_torchserve
 from tests.helpers.tiny_models import tiny_restore, tiny_sr, tiny_sr4
-from tests.test_browser_e2e import browser, browser_context  # noqa: F401 - fixtures
 
 pytestmark = [
     pytest.mark.e2e,
@@ -186,11 +185,11 @@ def test_enhance_server_sends_the_model_to_torchserve(ts, local, tmp_path):
     assert (out / "p_x2.png").read_bytes() == local["x4"].enhance(source.read_bytes()).data
 
 
-def test_the_pages_model_menu_picks_a_model_in_a_browser(ts, local, browser, tmp_path):  # noqa: F811
+def test_the_pages_model_menu_picks_a_model_in_a_browser(ts, local, browser, tmp_path):
     """The page's Model menu is built from the worker's listing; choosing x4 hides the Clean-up
     slider, shows the card's figures, and the photo dropped comes back from that model."""
+    from tests.helpers.browser import drop
     from tests.helpers.pages import start_page, stop_page
-    from tests.test_browser_e2e import drop
 
     site = start_page(ts, tmp_path / "page")
     try:
@@ -225,7 +224,7 @@ def test_the_pages_model_menu_picks_a_model_in_a_browser(ts, local, browser, tmp
 @pytest.fixture(scope="module")
 def triton(folder, tmp_path_factory):
     pytest.importorskip("pytriton", reason="needs the triton extra")
-    from tests.test_triton_parity import start_triton
+    from tests.helpers.triton import start_triton
 
     server = start_triton(folder / "enhancer.pt", tmp_path_factory.mktemp("triton-models"))
     yield server
