@@ -393,8 +393,11 @@ def test_real_photo_sizes_through_gunicorn(site, photo, fmt, fields):
 
 def test_page_routes_through_gunicorn(site):
     assert requests.get(f"{site.url}/console", timeout=10).status_code == 404
-    for path in ("/metrics", "/models", "/ping", "/predictions/enhancer", "/token"):
+    for path in ("/metrics", "/models/enhancer", "/ping", "/predictions/enhancer", "/token"):
         assert requests.get(f"{site.url}{path}", timeout=10).status_code == 404
+    # /models is the page's own listing of the served models, not TorchServe's management API
+    listed = requests.get(f"{site.url}/models", timeout=10).json()
+    assert [m["name"] for m in listed["models"]] == ["enhancer"] and listed["pair"] is False
     response = requests.get(site.url, timeout=10)
     assert response.headers["Server"].startswith("gunicorn")  # not the development server
     assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
