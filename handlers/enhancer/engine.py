@@ -368,7 +368,9 @@ class Enhancer:
                 ) from None
             self.loaded[name] = engine
             while len(self.loaded) > self.settings.max_loaded_models:
-                evicted, _ = self.loaded.popitem(last=False)
+                evicted, old = self.loaded.popitem(last=False)
+                del old  # its weights go with the last job that holds it
+                self.runner.release_memory()  # on a GPU, hand the cached blocks back
                 logger.info("unloaded model '%s' (the least recently used)", evicted)
             logger.info(
                 "loaded model '%s' in %.1f s (%d of at most %d loaded: %s)",
