@@ -12,6 +12,7 @@ settings (``max_loaded_models`` among them) and admits by cost as the worker doe
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import io
 import json
 import shutil
@@ -54,10 +55,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m scripts.model_memory", description=__doc__)
     parser.add_argument("--extras", type=int, default=3, help="stand-in models (default: 3)")
     parser.add_argument("--size", default="640x480", help="the test image (default: 640x480)")
+    parser.add_argument(
+        "--backend", default=None, help="auto, torchscript or openvino (default: the config's)"
+    )
     args = parser.parse_args(argv)
     width, height = (int(v) for v in args.size.split("x"))
     config = yaml.safe_load(MODEL_CONFIG.read_text())
     settings = EnhancerSettings.from_model_config(config)
+    if args.backend:
+        settings = dataclasses.replace(settings, backend=args.backend)
     configure_cpu_threads(settings)
     pixels = np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8)
     buffer = io.BytesIO()
