@@ -11,6 +11,7 @@ they can be), or from ``test_config``.
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 
 from flask import Flask
@@ -80,6 +81,8 @@ def create_app(test_config: dict | None = None) -> Flask:
     app.extensions["worker_costs"] = WorkerCosts(
         app.extensions["torchserve"], ttl=float(app.config["COSTS_TTL"])
     )
+    # the worker's list of models (GET /models), kept for views.MODELS_TTL seconds
+    app.extensions["models"] = {"lock": threading.Lock(), "value": None, "at": 0.0}
     app.register_blueprint(views.bp)
     return app
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import logging
 import re
+import time
 import uuid
 
 from flask import (
@@ -55,6 +56,10 @@ IMAGE_FIELD = "image"
 # Option values are numbers or format names; the handler checks their ranges. This keeps anything
 # else (header injection, long strings) from going on to TorchServe as a header.
 _OPTION_VALUE = re.compile(r"[A-Za-z0-9.+-]{1,16}")
+# The ``model`` option's value: a served model's name (enhancer.catalog), kept as typed.
+_MODEL_VALUE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+# How long the page keeps the worker's list of models (GET /models) before asking again.
+MODELS_TTL = 60.0
 # The browser names each upload with a ticket (this header) to ask GET /queue where it stands.
 TICKET_HEADER = "X-Queue-Ticket"
 _TICKET = re.compile(r"[A-Za-z0-9_-]{8,64}")
@@ -187,6 +192,7 @@ def index():
         "enhanceUrl": url_for("main.enhance"),
         "healthUrl": url_for("main.health"),
         "queueUrl": url_for("main.queue"),
+        "modelsUrl": url_for("main.models"),
         "ticketHeader": TICKET_HEADER,
         "maxBytes": limit,
         "maxText": _megabytes(limit),
@@ -314,9 +320,10 @@ def enhance():
             result.close()
 
     headers = {"Content-Type": result.content_type, "Content-Disposition": "inline"}
-    # what the service chose (X-Enhance-Scale-Used for scale=auto), if it is shaped as a value
+    # what the service chose (X-Enhance-Scale-Used for scale=auto, X-Enhance-Model), if it is
+    # shaped as a value
     for name, value in result.headers.items():
-        if _OPTION_VALUE.fullmatch(value):
+        if _OPTION_VALUE.fullmatch(value) or _MODEL_VALUE.fullmatch(value):
             headers[name] = value
     if result.content_length is not None:
         headers["Content-Length"] = str(result.content_length)
@@ -368,6 +375,27 @@ def busy_response(refusal: Refusal) -> Response:
     )
 
 
+@bp.get("/models")
+def models():
+    """The models the service serves, as its worker lists them (the page's model menu): each
+    one's ``name`` (what the ``model`` option says), ``version``, ``scale``, whether it is the
+    ``default`` (loaded with the worker) or loaded now, and its measured ``quality`` (rows of
+    track, set, scale, psnr, ssim, bicubic_psnr from its card; null when it records none); then
+    ``pair`` (an upload without ``model`` gets the clean/restore pair at its Clean-up level) and
+    ``max_loaded`` (how many models named by uploads a worker keeps loaded at once). Kept for
+    MODELS_TTL seconds; 503 while TorchServe cannot say."""
+    cache = current_app.extensions["models"]
+    with cache["lock"]:
+        if cache["value"] is None or time.monotonic() - cache["at"] > MODELS_TTL:
+            try:
+                listed = _client().describe_models()
+            except TorchServeError as error:
+                return error_response(error.status, error.kind, error.message, error.retry_after)
+            cache["value"] = listed or {"models": [], "pair": False, "max_loaded": 0}
+            cache["at"] = time.monotonic()
+        return jsonify(cache["value"])
+
+
 @bp.get("/health")
 def health():
     """Report whether TorchServe and the model are ready (200), or what is wrong (503)."""
@@ -404,6 +432,11 @@ def _options() -> dict[str, str]:
             abort(400, f"Option '{name}' is given more than once.")
         value = values[0].strip() if values else ""
         if not value:
+            continue
+        if name == "model":  # a name, kept as typed; the service says which exist
+            if not _MODEL_VALUE.fullmatch(value):
+                abort(400, "Option 'model' is not a model name.")
+            options[name] = value
             continue
         if not _OPTION_VALUE.fullmatch(value):
             abort(400, f"Option '{name}' is not a number or a format name.")

@@ -5,8 +5,10 @@
     .venv/bin/python -m scripts.archive --force --store      # rebuild now, without compression
 
 The archive holds the handler, the ``enhancer`` package folder, the model, its card and
-``handlers/model-config.yaml``; it is rebuilt only when an input changed. At the end the command
-lists what the .mar holds and prints its sha256, so a deployment can record it.
+``handlers/model-config.yaml``, the restore and face models beside it, and every other model with
+its card in its folder or one level down (under ``models/``, served by name: the ``model``
+option; ``--no-extra-models`` leaves them out); it is rebuilt only when an input changed. At the
+end the command lists what the .mar holds and prints its sha256, so a deployment can record it.
 """
 
 from __future__ import annotations
@@ -45,6 +47,12 @@ def main(argv: list[str] | None = None) -> int:
         "--no-restore", action="store_true", help="archive --model alone, even with a restore.pt"
     )
     parser.add_argument(
+        "--no-extra-models",
+        action="store_true",
+        help="archive --model (and its pair) only; by default every other model with its card in "
+        "--model's folder or one level down is shipped too, served by name (the `model` option)",
+    )
+    parser.add_argument(
         "--name",
         default=MODEL_NAME,
         help="model name served as /predictions/NAME (default: %(default)s)",
@@ -80,6 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         args.restore = restore_beside(args.model)
     try:
         archive.load_verified_card(args.model)
+        extras = {} if args.no_extra_models else archive.extra_models(args.model, args.restore)
         stale = args.force or archive.is_stale(
             mar,
             args.model,
@@ -87,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             version=args.version,
             config_file=args.config_file,
             restore=args.restore,
+            extras=extras,
         )
         mar = archive.build_archive(
             args.model,
@@ -97,6 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             store=args.store,
             force=args.force,
             restore=args.restore,
+            extras=extras,
         )
     except archive.ArchiveError as error:
         print(f"archive: {error}", file=sys.stderr)

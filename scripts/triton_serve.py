@@ -186,6 +186,13 @@ def main(argv: list[str] | None = None) -> int:
             f"triton: http://{local}:{args.http_port}/v2/models/{args.model_name}  "
             f"grpc {local}:{args.grpc_port}  metrics http://{local}:{args.metrics_port}/metrics"
         )
+        listed = enhancer.models()["models"]
+        print(
+            "triton: models (the model option): "
+            + ", ".join(
+                f"{m['name']} (x{m['scale']}{', default' if m['default'] else ''})" for m in listed
+            )
+        )
         print(
             f"try:    .venv/bin/python -m scripts.triton_client photo.jpg -o photo_x2.png "
             f"--url {local}:{args.http_port} --check"

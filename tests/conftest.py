@@ -11,7 +11,7 @@ from tests.helpers.context import FakeContext
 from tests.helpers.images import photo_array
 from tests.helpers.tiny_models import tiny_restore, tiny_sr, tiny_sr4
 
-pytest_plugins = ["tests.helpers.servers"]  # real TorchServe fixtures
+pytest_plugins = ["tests.helpers.servers", "tests.helpers.browser"]  # real servers, Chromium
 
 
 @pytest.fixture(scope="session")

@@ -36,6 +36,7 @@ from scripts import page as page_cli
 from scripts.ops import container
 from scripts.ops import page as page_script
 from scripts.ops import torchserve as serve
+from tests.helpers.browser import drop
 from tests.helpers.images import padded
 from tests.helpers.pages import (
     Page,
@@ -50,16 +51,6 @@ from tests.helpers.servers import start_torchserve, stop_torchserve
 pytestmark = pytest.mark.e2e
 
 REPO = Path(__file__).resolve().parent.parent
-ARTIFACTS = REPO / "artifacts"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-]
 ROTATED = "TorchServe inference key expired; rotated it through the management API"
 
 
@@ -72,77 +63,6 @@ def site(torchserve, tmp_path_factory):
     page = start_page(torchserve, tmp_path_factory.mktemp("page"))
     yield page
     stop_page(page)
-
-
-# -- the browser -----------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def browser_context(tmp_path_factory):
-    """Headless Chromium with a fresh profile, accepting downloads."""
-    if not Path(CHROMIUM).exists():
-        pytest.skip(f"no Chromium at {CHROMIUM} (Debian: apt-get install chromium)")
-    sync_api = pytest.importorskip("playwright.sync_api")
-    with sync_api.sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-profile")),
-            executable_path=CHROMIUM,
-            headless=True,
-            args=CHROMIUM_ARGS,
-            accept_downloads=True,
-            viewport={"width": 1000, "height": 900},
-        )
-        yield context
-        context.close()
-
-
-@pytest.fixture
-def browser(browser_context, request):
-    """A new tab; fails the test on any script error or Content-Security-Policy violation, and saves
-    a screenshot of how the page ended to artifacts/<test name>.png."""
-    tab = browser_context.new_page()
-    problems: list[str] = []
-    tab.on("pageerror", lambda error: problems.append(f"script error: {error}"))
-    tab.on(
-        "console",
-        lambda message: (
-            problems.append(f"console: {message.text}")
-            if "Content Security Policy" in message.text
-            else None
-        ),
-    )
-    yield tab
-    ARTIFACTS.mkdir(exist_ok=True)
-    try:
-        tab.screenshot(path=str(ARTIFACTS / f"{request.node.name}.png"), full_page=True)
-    finally:
-        tab.close()
-    assert problems == [], problems
-
-
-def drop(tab, files: list[tuple[str, str, bytes]], pad: int = 0) -> None:
-    """Drop files on the drop zone the way a browser does: a DataTransfer on dragover and drop.
-    ``pad`` zero bytes are appended to each file inside the browser (for sizes too big to send)."""
-    payload = [
-        {"name": name, "type": kind, "data": base64.b64encode(data).decode()}
-        for name, kind, data in files
-    ]
-    tab.evaluate(
-        """([files, pad]) => {
-            const transfer = new DataTransfer();
-            for (const f of files) {
-                const bytes = Uint8Array.from(atob(f.data), (c) => c.charCodeAt(0));
-                const parts = pad ? [bytes, new Uint8Array(pad)] : [bytes];
-                transfer.items.add(new File(parts, f.name, { type: f.type }));
-            }
-            const zone = document.getElementById('dropzone');
-            for (const type of ['dragenter', 'dragover', 'drop']) {
-                const init = { bubbles: true, cancelable: true, dataTransfer: transfer };
-                zone.dispatchEvent(new DragEvent(type, init));
-            }
-        }""",
-        [payload, pad],
-    )
 
 
 def encoded(image: Image.Image, fmt: str = "PNG", **params) -> bytes:
@@ -473,8 +393,11 @@ def test_real_photo_sizes_through_gunicorn(site, photo, fmt, fields):
 
 def test_page_routes_through_gunicorn(site):
     assert requests.get(f"{site.url}/console", timeout=10).status_code == 404
-    for path in ("/metrics", "/models", "/ping", "/predictions/enhancer", "/token"):
+    for path in ("/metrics", "/models/enhancer", "/ping", "/predictions/enhancer", "/token"):
         assert requests.get(f"{site.url}{path}", timeout=10).status_code == 404
+    # /models is the page's own listing of the served models, not TorchServe's management API
+    listed = requests.get(f"{site.url}/models", timeout=10).json()
+    assert [m["name"] for m in listed["models"]] == ["enhancer"] and listed["pair"] is False
     response = requests.get(site.url, timeout=10)
     assert response.headers["Server"].startswith("gunicorn")  # not the development server
     assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]

@@ -75,6 +75,7 @@ class StubTorchServe:
         self.workers = ["READY"]
         self.estimator: dict | None = None  # the worker's cost estimator, as describe_handle says
         self.described = 0  # GET /models/enhancer?customized=true answered
+        self.listing: dict | None = None  # the served models, as describe_handle lists them
         self.expired: set[str] = set()
         self.release = threading.Event()  # ends hanging answers early at close()
         self._lock = threading.Lock()
@@ -198,7 +199,10 @@ class StubTorchServe:
             if parse_qs(url.query).get("customized") == ["true"]:
                 with self._lock:
                     self.described += 1
-                described[0]["customizedMetadata"] = {"estimator": self.estimator}
+                described[0]["customizedMetadata"] = {
+                    "estimator": self.estimator,
+                    **(self.listing or {}),
+                }
             return _send(handler, 200, "application/json", json.dumps(described).encode())
         if api == "management" and url.path == "/token":
             if handler.headers.get("Authorization") != f"Bearer {self.keys['API']}":
@@ -570,6 +574,53 @@ def test_new_options_go_on_and_the_scale_used_comes_back(client, stub):
     assert headers["X-Enhance-Scale"] == "auto"
     assert (headers["X-Enhance-Level"], headers["X-Enhance-Enhance-First"]) == ("3", "true")
     assert (headers["X-Enhance-Compare"], headers["X-Enhance-Metadata"]) == ("true", "strip")
+
+
+LISTING = {
+    "models": [
+        {"name": "clean", "version": "2", "scale": 2, "default": True, "loaded": True,
+         "quality": [{"track": "bicubic", "set": "set5", "scale": 2, "psnr": 37.2,
+                      "ssim": 0.957, "bicubic_psnr": 33.67}]},
+        {"name": "restore", "version": "2", "scale": 2, "default": True, "loaded": True,
+         "quality": None},
+        {"name": "Real_ESRGAN-x4", "version": "1", "scale": 4, "default": False,
+         "loaded": False, "quality": None},
+    ],
+    "pair": True,
+    "max_loaded": 2,
+}  # fmt: skip
+
+
+def test_the_model_listing_is_the_workers_and_is_kept_a_while(client, stub):
+    stub.listing = LISTING
+    response = client.get("/models")
+    assert response.status_code == 200 and response.get_json() == LISTING
+    assert client.get("/models").get_json() == LISTING
+    assert stub.described == 1  # kept for MODELS_TTL
+    html = client.get("/").get_data(as_text=True)
+    assert re.search(r'<select name="model" id="opt-model"', html)  # filled in from /models
+    assert '"modelsUrl": "/models"' in html
+
+
+def test_the_model_listing_without_a_worker_list_is_empty_and_down_is_503(make_app, stub):
+    assert make_app().test_client().get("/models").get_json()["models"] == []
+    stub.stop()
+    assert_error(make_app().test_client().get("/models"), 503)
+
+
+def test_the_model_option_goes_on_as_typed_and_the_model_used_comes_back(client, stub):
+    def answer(body, headers):
+        status, content_type, data = enhance_like_handler(body, {"X-Enhance-Scale": "4"})
+        return status, content_type, data, None, {"X-Enhance-Model": "Real_ESRGAN-x4"}
+
+    stub.answer = answer
+    response = upload(client, image_bytes(20, 10), model="Real_ESRGAN-x4", scale="4")
+    assert response.status_code == 200
+    assert response.headers["X-Enhance-Model"] == "Real_ESRGAN-x4"
+    [(headers, _)] = stub.predictions
+    assert headers["X-Enhance-Model"] == "Real_ESRGAN-x4"  # not lower-cased: names are exact
+    body = assert_error(upload(client, image_bytes(), model="a b"), 400, "BadRequest")
+    assert "model" in body["message"]
 
 
 def test_empty_options_are_left_to_the_service(client, stub):
@@ -1258,6 +1309,12 @@ def test_health_without_management_api(make_app, stub):
 )
 def test_no_route_to_torchserve_or_a_debugger(client, stub, method, path):
     response = client.open(path, method=method)
+    if (path, method) == ("/models", "GET"):
+        # the page's own listing of the models (the worker's description, reduced to the
+        # listing's fields), not TorchServe's management API passed through
+        assert set(response.get_json()) == {"models", "pair", "max_loaded"}
+        assert stub.requests == [("GET", "/models/enhancer")]
+        return
     if method == "OPTIONS" and response.status_code == 200:
         assert response.get_data() == b""  # Flask's automatic OPTIONS answer: the Allow header only
     else:
@@ -1274,6 +1331,7 @@ def test_only_the_documented_routes_exist(app):
         ("/", ("GET",)),
         ("/enhance", ("POST",)),
         ("/health", ("GET",)),
+        ("/models", ("GET",)),
         ("/queue", ("GET",)),
         ("/static/<path:filename>", ("GET",)),
     }

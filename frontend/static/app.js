@@ -58,6 +58,8 @@
   const format = document.getElementById('opt-format');
   const denoise = document.getElementById('opt-denoise');
   const denoiseValue = document.getElementById('denoise-value');
+  const model = document.getElementById('opt-model');
+  const modelHelp = document.getElementById('model-help');
   const service = document.getElementById('service');
 
   const items = [];
@@ -118,9 +120,46 @@
     if (options.format !== 'png') options.quality = data.get('quality');
     if (data.get('enhance_first')) options.enhance_first = 'true';
     options.faces = data.get('faces') ? 'auto' : 'off';
-    if (!denoise.disabled) options.denoise = String(config.denoiseLevels[Number(denoise.value)]);
+    if (model.value) options.model = model.value;
+    else if (!denoise.disabled) options.denoise = String(config.denoiseLevels[Number(denoise.value)]);
     return options;
   }
+
+  // The model menu comes from the service (GET /models: the worker's own list of its models and
+  // their cards' measured quality); until it answers, or if it cannot, only the default is offered.
+  const models = {};
+  function qualityText(entry) {
+    if (!entry.quality || !entry.quality.length) return 'quality not measured';
+    return entry.quality.slice(0, 3).map((row) => {
+      const set = String(row.set || '').toUpperCase();
+      const track = row.track && row.track !== 'bicubic' ? ` ${row.track.replace('_', '-')}` : '';
+      const vs = typeof row.bicubic_psnr === 'number' ? ` (bicubic ${row.bicubic_psnr.toFixed(2)})` : '';
+      return `${set} ×${row.scale}${track}: ${Number(row.psnr).toFixed(2)} dB${vs}`;
+    }).join('; ');
+  }
+  function syncModel() {
+    const entry = models[model.value];
+    denoise.closest('label').hidden = Boolean(entry);
+    modelHelp.textContent = entry
+      ? `${entry.name} ${entry.version}, ${entry.scale}× model: ${qualityText(entry)}.`
+      : 'The default model, with the Clean-up level below.';
+  }
+  model.addEventListener('change', syncModel);
+  fetch(config.modelsUrl, { headers: { Accept: 'application/json' } })
+    .then((response) => (response.ok ? response.json() : null))
+    .then((listing) => {
+      if (!listing || !Array.isArray(listing.models)) return;
+      for (const entry of listing.models) {
+        if (!listing.pair && entry.default) continue; // the one default model is "Default"
+        models[entry.name] = entry;
+        const option = document.createElement('option');
+        option.value = entry.name;
+        option.textContent = `${entry.name} (${entry.scale}×)`;
+        model.append(option);
+      }
+      syncModel();
+    })
+    .catch(() => {});
 
   // The clean-up slider steps through the levels the server blends (enhancer.contract).
   const DENOISE_WORDS = ['none', 'light', 'medium', 'strong', 'full'];

@@ -5,12 +5,17 @@
     enhance photos/ -o enhanced/ --model model_store/clean.pt --restore model_store/restore.pt \\
         --denoise 0.5
     enhance photos/ -o enhanced/ --server http://127.0.0.1:8080/predictions/enhancer
+    enhance photos/ -o enhanced/ --server http://127.0.0.1:8000/v2/models/enhancer --model clean
 
 In-process (the default) it runs the same engine code path as the TorchServe handler
 (``Enhancer.prepare``, ``run``, ``finish``, the settings of handlers/model-config.yaml), so a
 file comes out byte for byte as the server would answer it for the same options. With ``--server``
-it sends each file to a running TorchServe through ``enhancer.client`` (the key is read from
-TorchServe's key file).
+it sends each file to a running TorchServe (a ``/predictions/NAME`` URL) through
+``enhancer.client`` (the key is read from TorchServe's key file), or to a running Triton binding
+(a ``/v2/models/NAME`` URL, ``scripts.triton_serve``) through ``tritonclient`` (the ``triton``
+extra). ``--model`` names a file for the engine in-process; with ``--server``, or given a name
+rather than a file, it is the ``model`` option: a served model by name (``clean``, ``restore``, an
+exported model's card name).
 
 Outputs: ``<output>/<path below the input folder>/<name>_x<scale>.<ext>``, the extension that of
 the output format (``auto``: as the API's, so ``photo.heic`` becomes ``photo_x2.jpg``). A name that
@@ -215,9 +220,20 @@ def remove_stale_temporaries(output: Path) -> int:
 class Local:
     """The engine in this process: ``Enhancer.prepare``, ``run`` and ``finish``, as the handler."""
 
-    def __init__(self, model: Path, restore: Path | None, device: str, config: Path | None) -> None:
+    def __init__(
+        self,
+        model: Path,
+        restore: Path | None,
+        device: str,
+        config: Path | None,
+        served: bool = False,
+    ) -> None:
+        """``served``: load ``model`` as a server does, with the pair (``restore.pt``) and every
+        other model in its folder, for a request's ``model`` option to name one."""
         import torch
 
+        from enhancer.catalog import find_models
+        from enhancer.contract import RESTORE_FILE
         from enhancer.engine import Enhancer, configure_cpu_threads
 
         settings = load_settings(config)
@@ -225,7 +241,15 @@ class Local:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if torch.device(device).type == "cpu":
             configure_cpu_threads(settings)
-        self.engine = Enhancer.load(model, device=device, settings=settings, restore_path=restore)
+        extras: list[Path] = []
+        if served:
+            pair = model.with_name(RESTORE_FILE)
+            if restore is None and pair.is_file() and pair.with_suffix(".json").is_file():
+                restore = pair
+            extras = find_models(model.parent, skip=[model, *([restore] if restore else [])])
+        self.engine = Enhancer.load(
+            model, device=device, settings=settings, restore_path=restore, extra_models=extras
+        )
         self.has_family = bool(self.engine.levels)
 
     def plan(self, data: bytes, options: dict[str, str]):
@@ -295,6 +319,83 @@ class Remote:
         return body, width, height
 
 
+class TritonRemote(Remote):
+    """A running Triton binding (``--server http://host:8000/v2/models/enhancer``), called with
+    ``tritonclient`` over HTTP: the protocol of ``enhancer.serving.triton`` (the image and the
+    options as JSON in; the image, its size, status and error body out)."""
+
+    def __init__(self, url: str, config: Path | None):
+        try:
+            import tritonclient.http as httpclient
+        except ImportError:
+            raise ValueError(
+                "--server: a Triton URL needs tritonclient: pip install -e '.[triton]'"
+            ) from None
+        host, self.model, ssl = split_triton_url(url)
+        self.module = httpclient
+        self.client = httpclient.InferenceServerClient(
+            host, ssl=ssl, connection_timeout=10.0, network_timeout=TRITON_TIMEOUT
+        )
+        self.settings = load_settings(config)
+        self.has_family = True  # the server says whether it serves a pair (400 otherwise)
+        try:
+            ready = self.client.is_model_ready(self.model)
+        except Exception as error:  # noqa: BLE001 - unreachable, refused, not HTTP: say so
+            raise ValueError(f"--server: no Triton answers at {host}: {error}") from None
+        if not ready:
+            raise ValueError(f"--server: Triton at {host} has no ready model '{self.model}'")
+
+    def enhance(self, job, data: bytes, options: dict[str, str]) -> tuple[bytes, int, int]:
+        import json
+
+        import numpy as np
+        from tritonclient.utils import InferenceServerException
+
+        inputs = []
+        for name, value in (("image", data), ("options", json.dumps(options).encode())):
+            column = np.empty((1, 1), dtype=np.object_)  # object: bytes keep trailing NULs
+            column[0, 0] = value
+            tensor = self.module.InferInput(name, [1, 1], "BYTES")
+            tensor.set_data_from_numpy(column)
+            inputs.append(tensor)
+        names = ("image", "width", "height", "status", "error")
+        outputs = [self.module.InferRequestedOutput(name) for name in names]
+        try:
+            result = self.client.infer(self.model, inputs, outputs=outputs)
+        except InferenceServerException as error:  # Triton's own refusal: queue full, down, ...
+            raise Failure(503, f"Triton: {error.message()}") from None
+        cell = {name: result.as_numpy(name)[0, 0] for name in names}
+        status = int(cell["status"])
+        if status != 200:
+            body = json.loads(bytes(cell["error"]) or b"{}")
+            raise Failure(status, body.get("message", f"Triton answered {status}"))
+        return bytes(cell["image"]), int(cell["width"]), int(cell["height"])
+
+
+# Seconds a Triton request may take: above TorchServe's responseTimeout (300 s), as the page's.
+TRITON_TIMEOUT = 310.0
+
+
+def split_triton_url(url: str) -> tuple[str, str, bool]:
+    """``http://host:8000/v2/models/enhancer`` -> (``host:8000``, ``enhancer``, https?).
+
+    Raises:
+        ValueError: not an http(s) URL of that shape.
+    """
+    parts = urlsplit(url)
+    match = re.fullmatch(r"/v2/models/([^/]+)/?", parts.path)
+    if parts.scheme not in ("http", "https") or not parts.netloc or not match:
+        raise ValueError(
+            f"--server: '{url}' is not a Triton model URL (http://host:port/v2/models/NAME)"
+        )
+    return parts.netloc, match.group(1), parts.scheme == "https"
+
+
+def is_triton_url(url: str) -> bool:
+    """Whether ``--server`` names a Triton model (``.../v2/models/NAME``) rather than TorchServe."""
+    return re.search(r"/v2/models/[^/]+/?$", urlsplit(url).path) is not None
+
+
 def split_server_url(url: str) -> tuple[str, str]:
     """``http://host:8080/predictions/enhancer`` -> (``http://host:8080``, ``enhancer``)."""
     parts = urlsplit(url)
@@ -346,8 +447,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     where = parser.add_argument_group("in-process (default)")
     where.add_argument(
         "--model",
-        type=Path,
-        help=f"TorchScript model with its card beside it (default: {REPO_MODEL})",
+        help=f"TorchScript model with its card beside it (default: {REPO_MODEL}); or the name "
+        "of a served model (the `model` option: clean, restore, an exported model's card "
+        "name), with --server or beside the default model",
     )
     where.add_argument("--restore", type=Path, help="the restore model of a pair (for --denoise)")
     where.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
@@ -357,9 +459,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=MODEL_CONFIG,
         help="model-config.yaml whose handler: settings apply (default: the server's)",
     )
-    remote = parser.add_argument_group("through a running TorchServe")
+    remote = parser.add_argument_group("through a running TorchServe or Triton")
     remote.add_argument(
-        "--server", help="its predictions URL, e.g. http://127.0.0.1:8080/predictions/enhancer"
+        "--server",
+        help="TorchServe's predictions URL, e.g. http://127.0.0.1:8080/predictions/enhancer, "
+        "or a Triton model's, e.g. http://127.0.0.1:8000/v2/models/enhancer",
     )
     remote.add_argument(
         "--key-file",
@@ -416,17 +520,24 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"enhance: {problem}", file=out)
     if problems and not items:
         return EXIT_USAGE
+    options = _options(args)
     try:
-        if args.server:
+        if args.server and is_triton_url(args.server):
+            backend: Local | Remote = TritonRemote(args.server, args.config)
+        elif args.server:
             key_file = args.key_file or (KEY_FILE if KEY_FILE.is_file() else REPO_KEY_FILE)
-            backend: Local | Remote = Remote(
-                args.server, key_file, args.management_url, args.config
-            )
-        else:
-            model = args.model or _default_model()
+            backend = Remote(args.server, key_file, args.management_url, args.config)
+        if args.server and args.model:
+            options["model"] = args.model  # a served model's name
+        elif not args.server:
+            model = Path(args.model) if args.model else _default_model()
+            served = False
+            if args.model and _is_model_name(args.model):
+                model, served = _default_model(), True  # a name: served beside the default
+                options["model"] = args.model
             if model is None:
                 return usage(f"no model: pass --model (looked for {REPO_MODEL})")
-            backend = Local(model, args.restore, args.device, args.config)
+            backend = Local(model, args.restore, args.device, args.config, served=served)
     except (OSError, ValueError) as error:
         return usage(str(error))
     if args.denoise is not None and not backend.has_family:
@@ -439,13 +550,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     started = time.monotonic()
     try:
         with _terminate_as_interrupt():
-            _run(items, backend, _options(args), args, summary)
+            _run(items, backend, options, args, summary)
     except KeyboardInterrupt:
         print("\nenhance: interrupted; no partial files left", file=out)
         _print_summary(summary, time.monotonic() - started, out)
         return EXIT_INTERRUPTED
     _print_summary(summary, time.monotonic() - started, out)
     return EXIT_FAILED if summary.failed or problems else 0
+
+
+def _is_model_name(value: str) -> bool:
+    """Whether ``--model`` names a served model rather than a file: no such file, no folder in
+    it and no ``.pt`` suffix."""
+    return not Path(value).exists() and "/" not in value and not value.endswith(".pt")
 
 
 def _default_model() -> Path | None:

@@ -412,6 +412,35 @@ class TorchServeClient:
         Raises:
             TorchServeError: TorchServe is down, timed out, or answered without a description.
         """
+        metadata, version = self._customized()
+        estimator = metadata.get("estimator") if isinstance(metadata, dict) else None
+        workers = max(1, len(worker_statuses(version)))
+        return (estimator if isinstance(estimator, dict) else None), workers
+
+    def describe_models(self) -> dict | None:
+        """The served models as the worker lists them (``Enhancer.models``: ``models``, each
+        with name, version, scale, default, loaded and quality; ``pair``; ``max_loaded``), from
+        the same ``GET /models/<name>?customized=true``; None when the worker lists none (a
+        handler from before several models were served).
+
+        Raises:
+            TorchServeError: TorchServe is down, timed out, or answered without a description.
+        """
+        metadata, _ = self._customized()
+        if not isinstance(metadata, dict) or not isinstance(metadata.get("models"), list):
+            return None
+        # TorchServe's frontend (Gson) drops the null fields of customizedMetadata: put them back
+        fields = ("name", "version", "scale", "default", "loaded", "quality")
+        models = [
+            {field: entry.get(field) for field in fields}
+            for entry in metadata["models"]
+            if isinstance(entry, dict)
+        ]
+        return {"models": models, "pair": bool(metadata.get("pair")),
+                "max_loaded": metadata.get("max_loaded")}  # fmt: skip
+
+    def _customized(self) -> tuple[object, dict]:
+        """(the worker's ``customizedMetadata``, parsed; the model version's description)."""
         response = self.call(
             "GET",
             f"{self.management_url}/models/{self.model_name}",
@@ -439,9 +468,7 @@ class TorchServeClient:
                 metadata = json.loads(metadata)
             except ValueError:
                 metadata = None
-        estimator = metadata.get("estimator") if isinstance(metadata, dict) else None
-        workers = max(1, len(worker_statuses(version)))
-        return (estimator if isinstance(estimator, dict) else None), workers
+        return metadata, version
 
     def ready(self) -> bool:
         """Whether the model has a READY worker (any failure counts as not ready)."""

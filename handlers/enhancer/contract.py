@@ -25,6 +25,7 @@ OPTION_NAMES = (
     "compare",
     "metadata",
     "faces",
+    "model",
 )
 OPTION_HEADER_PREFIX = "X-Enhance-"
 # ``scale=auto``: the engine picks a whole factor that brings the short side to AUTO_SHORT_SIDE
@@ -59,6 +60,14 @@ FACES_HEADER = "X-Enhance-Faces"
 FACES_UNAVAILABLE = "unavailable"
 # The face model's file inside the archive (face.json beside it).
 FACE_FILE = "face.pt"
+# ``model``: which served model a request runs (enhancer/catalog.py). A clean/restore pair is
+# served as these two names (its ends: denoise 0 and 1); a request without ``model`` gets the pair
+# blended at its ``denoise`` level, or the one default model. Other models in the model folder are
+# served under their cards' names; the archive ships them in this folder. The response says which
+# model ran in MODEL_HEADER when the request named one.
+MODEL_ROLES = ("clean", "restore")
+MODELS_DIR = "models"
+MODEL_HEADER = "X-Enhance-Model"
 
 # Values of the ``format`` option; "auto" keeps the input's format where it can be written (PNG
 # for alpha and 16 bits, JPEG for HEIC: imaging/encode.py resolve_format).

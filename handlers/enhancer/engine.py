@@ -16,7 +16,9 @@ import io
 import logging
 import math
 import os
+import threading
 import time
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
@@ -25,10 +27,17 @@ import numpy as np
 import torch
 from PIL import Image
 
+from enhancer import catalog
 from enhancer.admission import Estimator, Throughput, largest_scale, work
 from enhancer.card import ModelCard
 from enhancer.compare import compare_size, side_by_side
-from enhancer.contract import FACES_HEADER, FACES_UNAVAILABLE, SCALE_USED_HEADER
+from enhancer.contract import (
+    FACES_HEADER,
+    FACES_UNAVAILABLE,
+    MODEL_HEADER,
+    MODEL_ROLES,
+    SCALE_USED_HEADER,
+)
 from enhancer.errors import (
     Busy,
     EnhanceError,
@@ -53,7 +62,7 @@ from enhancer.imaging import (
     resolve_format,
 )
 from enhancer.imaging.metadata import apply_metadata_option
-from enhancer.options import Options, parse_options, smallest_tile
+from enhancer.options import Options, model_name, parse_options, smallest_tile
 from enhancer.passes import Pass, auto_scale, output_size, plan_passes
 from enhancer.runner import ModelRunner, TileOutOfMemory, is_out_of_memory, out_of_memory_error
 from enhancer.settings import EnhancerSettings
@@ -91,6 +100,8 @@ class Job:
     color: torch.Tensor | None = None  # the enhanced colour planes once ``run`` succeeded
     faces: str | None = None  # X-Enhance-Faces: faces found, or "unavailable" (faces.py)
     error: EnhanceError | None = None
+    model: str | None = None  # the served model the request named (``model`` option)
+    engine: Enhancer | None = None  # the engine of that model, when it is not the default's
 
 
 def _family_levels(
@@ -173,6 +184,12 @@ class Enhancer:
         self.throughput: Throughput | None = None
         # The face path (faces.py), when a face model is served and the detector is installed.
         self.faces: FacePath | None = None
+        # The served models by name (catalog.py; ``model`` option): this engine's own model (or
+        # pair), and the others in its folder, loaded on demand into ``loaded``, the least
+        # recently used unloaded beyond ``settings.max_loaded_models``.
+        self.catalog: dict[str, catalog.Entry] = {}
+        self.loaded: OrderedDict[str, Enhancer] = OrderedDict()
+        self._loading = threading.Lock()
 
     @classmethod
     def load(
@@ -184,6 +201,7 @@ class Enhancer:
         settings: EnhancerSettings | None = None,
         restore_path: str | Path | None = None,
         face_path: str | Path | None = None,
+        extra_models: Sequence[str | Path] = (),
     ) -> Enhancer:
         """Load a model and its card, refusing a model whose sha256 does not match the card.
 
@@ -197,6 +215,10 @@ class Enhancer:
             face_path: the face model (``face.pt``, card beside it): enables ``faces=auto``
                 where the detector's weights are installed (faces.py); else faces are reported
                 unavailable.
+            extra_models: other models (``.pt``, card beside each) a request may name with the
+                ``model`` option (catalog.py; ``catalog.find_models`` finds those of a folder).
+                Only their cards are read now; each is loaded, and its file checked against its
+                card, when a request first names it.
 
         Raises:
             ValueError: invalid card, or a model file that does not match it.
@@ -223,6 +245,23 @@ class Enhancer:
             runner.backend,
         )
         engine = cls(runner, card, settings, levels)
+        restore_card = None
+        if restore_path is not None:
+            restore_card = ModelCard.load(Path(restore_path).with_suffix(".json"))
+        engine.catalog = catalog.build(
+            model_path,
+            card,
+            Path(restore_path) if restore_path is not None else None,
+            restore_card,
+            [Path(path) for path in extra_models],
+        )
+        if len(engine.catalog) > (2 if levels else 1):
+            logger.info(
+                "serving %d models: %s (at most %d loaded at once besides the default)",
+                len(engine.catalog),
+                ", ".join(engine.catalog),
+                settings.max_loaded_models,
+            )
         if face_path is not None:
             engine.faces = FacePath.load(Path(face_path), torch.device(device), settings)
             if engine.faces is None:
@@ -240,7 +279,23 @@ class Enhancer:
         Raises:
             EnhanceError: 400, 413 or 415, before any model work.
         """
-        options = parse_options(raw_options or {}, self.card, self.settings)
+        raw_options = raw_options or {}
+        if "model" in raw_options:
+            name = model_name(raw_options["model"])
+            entry = self._entry(name)
+            if entry.role == "extra":
+                if "denoise" in raw_options:
+                    raise OptionError(
+                        "denoise",
+                        f"blends the clean and restore models; it does not combine with "
+                        f"model={name} (leave model out to use it)",
+                    )
+                engine = self.engine_for(name)
+                rest = {key: value for key, value in raw_options.items() if key != "model"}
+                job = engine.prepare(data, rest)
+                job.model, job.engine = name, engine
+                return job
+        options = parse_options(raw_options, self.card, self.settings)
         denoise = self._denoise_level(options)
         image, fmt = open_image(data, self.settings.max_input_pixels)
         if options.scale_auto:
@@ -265,7 +320,77 @@ class Enhancer:
             enhance_first=options.enhance_first,
             model_scale=self.card.scale,
         )
-        return Job(options, picture, out_format, target, plan, denoise, estimate)
+        job = Job(options, picture, out_format, target, plan, denoise, estimate)
+        job.model = options.model
+        return job
+
+    # -- several models (catalog.py) -------------------------------------------------------------
+
+    def _entry(self, name: str) -> catalog.Entry:
+        """The served model called ``name``.
+
+        Raises:
+            OptionError: (400) no served model has that name; the message lists those that do.
+        """
+        entry = self.catalog.get(name)
+        if entry is None:
+            served = ", ".join(self.catalog) or self.card.name
+            raise OptionError("model", f"'{name[:64]}' is not a served model (served: {served})")
+        return entry
+
+    def engine_for(self, name: str) -> Enhancer:
+        """The engine of the served model ``name`` (an ``extra`` one), loading it if needed.
+
+        At most ``settings.max_loaded_models`` such engines stay loaded: loading one more unloads
+        the least recently used (its jobs still in flight keep it until they are answered).
+        Loading checks the file against its card, and, when this engine admits by cost,
+        calibrates the new one within the same budget.
+
+        Raises:
+            InternalError: (500) the model could not be loaded (logged with the reason).
+        """
+        with self._loading:  # one load at a time; a second request for it waits, then finds it
+            engine = self.loaded.get(name)
+            if engine is not None:
+                self.loaded.move_to_end(name)
+                return engine
+            entry = self.catalog[name]
+            started = time.perf_counter()
+            try:
+                engine = Enhancer.load(entry.path, device=self.device, settings=self.settings)
+                engine.faces = self.faces
+                if self.budget is not None:
+                    engine.admit_within(self.budget)
+            except Exception:  # noqa: BLE001 - a bad extra model fails its requests, not the worker
+                logger.exception("loading model '%s' from %s failed", name, entry.path)
+                raise InternalError(
+                    f"model '{name}' could not be loaded; see the server log"
+                ) from None
+            self.loaded[name] = engine
+            while len(self.loaded) > self.settings.max_loaded_models:
+                evicted, old = self.loaded.popitem(last=False)
+                del old  # its weights go with the last job that holds it
+                self.runner.release_memory()  # on a GPU, hand the cached blocks back
+                logger.info("unloaded model '%s' (the least recently used)", evicted)
+            logger.info(
+                "loaded model '%s' in %.1f s (%d of at most %d loaded: %s)",
+                name,
+                time.perf_counter() - started,
+                len(self.loaded),
+                self.settings.max_loaded_models,
+                ", ".join(self.loaded),
+            )
+            return engine
+
+    def models(self) -> dict[str, object]:
+        """The listing of the served models (catalog.listing), with how a request picks them:
+        ``pair`` (a request without ``model`` blends the clean/restore pair with ``denoise``)
+        and ``max_loaded`` (the models named by requests that stay loaded at once)."""
+        return {
+            "models": catalog.listing(self.catalog, list(self.loaded)),
+            "pair": bool(self.levels),
+            "max_loaded": self.settings.max_loaded_models,
+        }
 
     def _auto_scale(self, image: Image.Image, fmt: str, options: Options) -> int:
         """``scale=auto`` for an image not yet decoded (passes.auto_scale; orientation does not
@@ -287,6 +412,16 @@ class Enhancer:
 
     def _denoise_level(self, options: Options) -> float | None:
         """The precomputed level a request runs at, or None for an engine of one model."""
+        if options.model is not None:
+            role = self._entry(options.model).role
+            if role in MODEL_ROLES:  # one end of the pair: 0 (clean) or 1 (restore)
+                if options.denoise is not None:
+                    raise OptionError(
+                        "denoise",
+                        f"blends the clean and restore models; it does not combine with "
+                        f"model={options.model} (leave model out to use it)",
+                    )
+                return DENOISE_LEVELS[0] if role == MODEL_ROLES[0] else DENOISE_LEVELS[-1]
         if not self.levels:
             if options.denoise is not None:
                 raise OptionError(
@@ -510,6 +645,13 @@ class Enhancer:
     def run(self, jobs: Sequence[Job]) -> None:
         """Enhance the prepared jobs together; sets ``job.color`` or ``job.error`` on each."""
         jobs = [job for job in jobs if job.error is None]
+        others: dict[int, list[Job]] = {}
+        for job in jobs:  # jobs of another served model run on its engine
+            if job.engine is not None and job.engine is not self:
+                others.setdefault(id(job.engine), []).append(job)
+        for group in others.values():
+            group[0].engine.run(group)
+        jobs = [job for job in jobs if job.engine is None or job.engine is self]
         if not jobs:
             return
         try:
@@ -651,6 +793,10 @@ class Enhancer:
             EnhanceError: the job's own error from ``run``, or 413 when the encoded image is over
             ``max_output_bytes``.
         """
+        if job.engine is not None and job.engine is not self:
+            result = job.engine.finish(job)
+            result.headers[MODEL_HEADER] = job.model
+            return result
         if job.error is not None:
             raise job.error
         if job.color is None:
@@ -684,8 +830,10 @@ class Enhancer:
                 "ask for jpeg or webp, or a smaller scale"
             )
         headers = {SCALE_USED_HEADER: f"{job.options.scale:g}"}
-        if job.denoise is not None:
+        if job.denoise is not None and job.model is None:
             headers["X-Enhance-Denoise"] = f"{job.denoise:g}"
+        if job.model is not None:
+            headers[MODEL_HEADER] = job.model
         if job.faces is not None:
             headers[FACES_HEADER] = job.faces
         width, height = compare_size(*job.target) if job.options.compare else job.target

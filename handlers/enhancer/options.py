@@ -1,5 +1,6 @@
 """Request options: parse and check ``scale`` (a number or ``auto``), ``format``, ``quality``,
-``tile``, ``strength``, ``denoise``, ``level``, ``enhance_first``, ``compare`` and ``metadata``.
+``tile``, ``strength``, ``denoise``, ``level``, ``enhance_first``, ``compare``, ``metadata``,
+``faces`` and ``model``.
 
 The names and formats are the contract's (``enhancer.contract``); how they arrive (form fields,
 headers) is the adapters' business (``enhancer.serving``). Anything unknown is an error that names
@@ -52,6 +53,8 @@ class Options:
         compare: answer the plain resize and the result side by side (compare.py).
         metadata: "keep", "strip-location" or "strip" (imaging/metadata.py).
         faces: "auto" (restore detected faces with the face model, where one is served) or "off".
+        model: the served model the request names (catalog.py), or None for the default. Which
+            names are served is the engine's to check (``Enhancer.prepare``).
     """
 
     scale: float = 2.0
@@ -66,6 +69,7 @@ class Options:
     compare: bool = False
     metadata: str = METADATA_DEFAULT
     faces: str = FACES_DEFAULT
+    model: str | None = None
 
 
 def _text(name: str, value: object) -> str:
@@ -197,7 +201,22 @@ def parse_options(
             raise OptionError("faces", f"'{text['faces'][:40]}' is not one of auto, off")
         kwargs["faces"] = mode
 
+    if "model" in text:
+        kwargs["model"] = model_name(text["model"])
+
     return Options(**kwargs)  # type: ignore[arg-type]
+
+
+def model_name(value: object) -> str:
+    """The ``model`` option's raw value as a name (not yet checked against the served models).
+
+    Raises:
+        OptionError: (400) not text, or empty.
+    """
+    name = _text("model", value)
+    if not name:
+        raise OptionError("model", "is empty: name a served model, or leave the option out")
+    return name
 
 
 def smallest_tile(card: ModelCard) -> int:

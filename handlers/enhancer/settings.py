@@ -43,6 +43,9 @@ class EnhancerSettings:
         time_budget_share: the share of the server's timeout (TorchServe's ``responseTimeout``)
             a request, or a batch of requests, may be estimated to take; above it a request is
             refused with 413 before any work (admission.py). 0 turns admission by cost off.
+        max_loaded_models: how many models named by the ``model`` option (catalog.py) a worker
+            keeps loaded besides its default model (or pair) and the face model; the least
+            recently used is unloaded to load another. At least 1.
     """
 
     max_input_pixels: int = 4096 * 4096
@@ -62,6 +65,7 @@ class EnhancerSettings:
     avif_quality: int = 85
     png_compress_level: int = 3
     time_budget_share: float = 0.5
+    max_loaded_models: int = 2
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None) -> EnhancerSettings:
@@ -108,6 +112,7 @@ class EnhancerSettings:
             "max_tile",
             "tile_batch_cpu",
             "tile_batch_gpu",
+            "max_loaded_models",
         )
         for key in positive:
             if getattr(self, key) < 1:

@@ -3,7 +3,10 @@
 What goes in: ``handlers/enhancer_handler.py`` as the handler, the package folder
 ``handlers/enhancer/`` whole (``--extra-files``; TorchServe imports the handler by its bare name and
 the handler imports ``enhancer`` from beside it), the model's card (``<model>.json``, which the
-handler reads beside the .pt) and ``handlers/model-config.yaml``. The card's sha256 must match the
+handler reads beside the .pt) and ``handlers/model-config.yaml``; the restore model of a pair
+(``restore.pt``), the face model (``face.pt``), and every other model with its card in the model's
+folder or one level down (``enhancer.catalog.find_models``), as ``models/<card name>.pt`` and
+``.json``: the worker serves each by name (the ``model`` option). The card's sha256 must match the
 .pt, or nothing is built: the handler would refuse it at start-up. The archive is rebuilt only when
 an input is newer than it or differs from its copy inside (or with ``force``).
 
@@ -26,8 +29,9 @@ import zipfile
 import zlib
 from pathlib import Path
 
+from enhancer import catalog
 from enhancer.card import ModelCard, file_sha256
-from enhancer.contract import FACE_FILE, MODEL_NAME, RESTORE_FILE
+from enhancer.contract import FACE_FILE, MODEL_NAME, MODELS_DIR, RESTORE_FILE
 from enhancer.family import check_family
 from enhancer.integrity import MANIFEST_FILE, ArchiveDamagedError, manifest_text, parse_manifest
 from scripts.ops.paths import DEFAULT_MODEL, HANDLER, HANDLERS, MODEL_CONFIG, MODEL_STORE, PACKAGE
@@ -38,6 +42,7 @@ __all__ = [
     "archive_inputs",
     "build_archive",
     "describe",
+    "extra_models",
     "file_sha256",
     "is_stale",
     "load_verified_card",
@@ -88,6 +93,7 @@ def stage_package(folder: Path) -> Path:
     """Copy the ``enhancer`` package (without caches) into ``folder``/enhancer and return
     ``folder``: torch-model-archiver copies the *contents* of a folder given in --extra-files, so
     the package folder itself must be one level down."""
+    Path(folder).mkdir(parents=True, exist_ok=True)
     shutil.copytree(
         PACKAGE, Path(folder) / PACKAGE.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
     )
@@ -102,6 +108,26 @@ def face_beside(model: Path) -> list[Path]:
     return [face, card] if face.is_file() and card.is_file() and face != Path(model) else []
 
 
+def extra_models(model: Path, restore: Path | None = None) -> dict[str, Path]:
+    """The other models the archive of ``model`` ships, by card name (``models/<name>.pt``):
+    every ``.pt`` with its card in ``model``'s folder or one level down, but the model itself,
+    the restore model of its pair and the face model (enhancer.catalog.find_models).
+
+    Raises:
+        ArchiveError: a card that cannot be read, a name that cannot name a model, or two models
+            with one name.
+    """
+    model = Path(model)
+    skip = [model, *([restore] if restore is not None else [])]
+    found = catalog.find_models(model.parent, skip=skip)
+    try:
+        card = ModelCard.load(model.with_suffix(".json"))
+        entries = catalog.build(model, card, restore, None if restore is None else card, found)
+    except ValueError as error:
+        raise ArchiveError(str(error)) from None
+    return {entry.name: entry.path for entry in entries.values() if entry.role == "extra"}
+
+
 def is_stale(
     mar: Path,
     model: Path,
@@ -110,8 +136,10 @@ def is_stale(
     version: str | None = None,
     config_file: Path = MODEL_CONFIG,
     restore: Path | None = None,
+    extras: dict[str, Path] | None = None,
 ) -> bool:
-    """Whether ``mar`` must be (re)built for ``model``.
+    """Whether ``mar`` must be (re)built for ``model`` (with ``extras``, the other models by name;
+    default: ``extra_models``, as ``build_archive``).
 
     It must when it is missing, older than any input, or holds other files than the inputs: every
     member but the model itself is compared byte for byte (the model is covered by its card's
@@ -122,6 +150,13 @@ def is_stale(
     if restore is not None:
         inputs = [*inputs, Path(restore), Path(restore).with_suffix(".json")]
     inputs = [*inputs, *face_beside(model)]
+    if extras is None:
+        try:
+            extras = extra_models(model, restore)
+        except ArchiveError:
+            return True  # building will say what is wrong
+    for path in extras.values():
+        inputs += [Path(path), Path(path).with_suffix(".json")]
     if not mar.exists() or any(path.stat().st_mtime > mar.stat().st_mtime for path in inputs):
         return True
     if not sidecar(mar).exists():
@@ -155,6 +190,15 @@ def is_stale(
                 if RESTORE_FILE in members:
                     return True
             elif archive.read("restore.json") != Path(restore).with_suffix(".json").read_bytes():
+                return True
+            # the other models: the same names, the same cards (each card covers its .pt)
+            shipped_models = {n for n in members if n.startswith(f"{MODELS_DIR}/")}
+            wanted = {f"{MODELS_DIR}/{name}{ext}" for name in extras for ext in (".pt", ".json")}
+            if shipped_models != wanted or any(
+                archive.read(f"{MODELS_DIR}/{name}.json")
+                != Path(path).with_suffix(".json").read_bytes()
+                for name, path in extras.items()
+            ):
                 return True
             # a module removed from the package must leave the archive too
             shipped = {n for n in archive.namelist() if n.startswith(f"{PACKAGE.name}/")}
@@ -193,6 +237,7 @@ def build_archive(
     store: bool = False,
     force: bool = False,
     restore: Path | None = None,
+    extras: dict[str, Path] | None = None,
 ) -> Path:
     """Build ``<export_path>/<name>.mar`` unless it is newer than all of its inputs.
 
@@ -206,6 +251,9 @@ def build_archive(
         force: rebuild even when the archive is up to date.
         restore: a ``restore`` model of the same family (card beside it): shipped as restore.pt,
             it makes the served model a clean/restore pair with the ``denoise`` option.
+        extras: the other models to ship, by card name (``models/<name>.pt`` and ``.json``),
+            served by name with the ``model`` option; default (None): ``extra_models``, every
+            other card in the model's folder; ``{}``: none.
 
     Returns:
         The path of the .mar.
@@ -225,9 +273,20 @@ def build_archive(
             raise ArchiveError(str(error)) from None
     if not config_file.is_file():
         raise ArchiveError(f"{config_file} not found")
+    if extras is None:
+        extras = extra_models(model, restore)
+    extras = {key: Path(path).resolve() for key, path in extras.items()}
+    for path in extras.values():
+        load_verified_card(path)  # the worker would refuse a model that differs from its card
     mar = export_path / f"{name}.mar"
     if not force and not is_stale(
-        mar, model, name=name, version=version, config_file=config_file, restore=restore
+        mar,
+        model,
+        name=name,
+        version=version,
+        config_file=config_file,
+        restore=restore,
+        extras=extras,
     ):
         return mar
     export_path.mkdir(parents=True, exist_ok=True)
@@ -259,7 +318,16 @@ def build_archive(
         "--force",
     ]
     with tempfile.TemporaryDirectory(prefix="enhancer-archive-") as scratch:
-        extra = f"{stage_package(Path(scratch))},{model.with_suffix('.json')}"
+        # the package (and models/) staged in a folder of their own: the archiver copies its
+        # contents, so nothing else of the scratch folder may lie in it
+        staged = stage_package(Path(scratch) / "staged")
+        if extras:
+            shelf = staged / MODELS_DIR
+            shelf.mkdir()
+            for key, path in extras.items():
+                shutil.copy(path, shelf / f"{key}.pt")
+                shutil.copy(path.with_suffix(".json"), shelf / f"{key}.json")
+        extra = f"{staged},{model.with_suffix('.json')}"
         if restore is not None:
             pair = Path(scratch) / "restore"
             pair.mkdir()

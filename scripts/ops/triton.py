@@ -22,6 +22,7 @@ import time
 from collections.abc import Mapping
 from pathlib import Path
 
+from enhancer.catalog import find_models
 from enhancer.contract import MODEL_NAME
 from enhancer.engine import Enhancer, configure_cpu_threads
 from enhancer.settings import EnhancerSettings
@@ -118,8 +119,15 @@ def load_enhancer(model: Path, device: str, settings: EnhancerSettings) -> Enhan
     if restore is not None:
         logger.info("serving the clean/restore pair: %s and %s", model.name, restore.name)
     face = face_beside(model)  # a face.pt beside it: the face path (faces option)
+    # every other model with its card in the folder (or one level down): the ``model`` option
+    extras = find_models(model.parent, skip=[model, *([restore] if restore else [])])
     return Enhancer.load(
-        model, device=device, settings=settings, restore_path=restore, face_path=face
+        model,
+        device=device,
+        settings=settings,
+        restore_path=restore,
+        face_path=face,
+        extra_models=extras,
     )
 
 

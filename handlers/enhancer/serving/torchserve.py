@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 import enhancer
+from enhancer.catalog import find_models
 from enhancer.contract import (
     FACE_FILE,
     OPTION_HEADER_PREFIX,
@@ -69,12 +70,16 @@ def load_engine(context: Any) -> tuple[Enhancer, EnhancerSettings, torch.device]
     # A face model shipped beside it enables ``faces=auto`` (faces.py; scripts.archive --face);
     # the detector's weights are read from the installed facenet-pytorch wheel (same venv).
     face = model_dir / FACE_FILE
+    # Every other model the archive holds (under models/, scripts.archive) is served by name: the
+    # ``model`` option (catalog.py), loaded when first asked for.
+    extras = find_models(model_dir, skip=[model_path, *([restore] if restore else [])])
     engine = Enhancer.load(
         model_path,
         device=device,
         settings=settings,
         restore_path=restore,
         face_path=face if face.exists() else None,
+        extra_models=extras,
     )
     engine.admit_by_cost(context.model_yaml_config)
     return engine, settings, device
@@ -84,9 +89,11 @@ def describe(engine: Enhancer) -> str:
     """What the worker says of itself to ``GET /models/enhancer?customized=true`` (TorchServe's
     management API hands it on as the version's ``customizedMetadata``): its cost estimator
     (``enhancer.admission.Estimator.to_json``: calibrated throughput, card, tile, budget, limits),
-    or null when it does not admit by cost. The page prices the uploads it holds with it."""
+    or null when it does not admit by cost, with which the page prices the uploads it holds; and
+    the served models (``Enhancer.models``: ``models``, ``pair``, ``max_loaded``), the page's
+    model menu."""
     estimator = engine.estimator().to_json() if engine.throughput is not None else None
-    return json.dumps({"estimator": estimator})
+    return json.dumps({"estimator": estimator, **engine.models()})
 
 
 def split_request(
