@@ -41,7 +41,7 @@ most detailed region of each) so a person can see the difference:
 method | zoomed crop), e.g. the real low-quality faces, for a person to judge a sharpening model:
 
     .venv/bin/python -m scripts.evaluate --peer restore=model_store/restore.pt \
-        --peer sharp=model_store/sharp.pt --sets ../shared/data/eval/kodak24 --scales 2 \
+        --peer sharp=../runs/gan/sharp.pt --sets ../shared/data/eval/kodak24 --scales 2 \
         --tracks real_world --sheets runs/sheets --lq ../shared/data/faces/real_lq
 
 ``--restore model_store/restore.pt`` scores the clean/restore pair as served, one row per

@@ -132,3 +132,16 @@ def test_resume_equals_uninterrupted(gen, photos, tmp_path):
     assert snap["arch"] == "compact" and snap["config"] == TINY
     log = (tmp_path / "whole" / "log.csv").read_text().splitlines()
     assert log[0].startswith("step,phase") and len(log) == 8
+
+
+def test_lq_sheets_without_originals(photos, tmp_path):
+    """evaluate.py --lq: one sheet per photo (bicubic | each method), no original needed."""
+    from scripts.model.evaluation import lq_sheets
+
+    def double(lr, scale):
+        return np.asarray(lr.resize((lr.width * scale, lr.height * scale), Image.NEAREST))
+
+    written = lq_sheets([str(photos)], {"a": double, "b": double}, 2, str(tmp_path), log=str)
+    assert [p.name for p in written] == [f"lq_{photos.name}_x2_{k}.png" for k in range(4)]
+    sheet = Image.open(written[0])
+    assert sheet.width >= 3 * 360  # three columns: bicubic, a, b
