@@ -88,6 +88,7 @@ docker-cuda:
 .PHONY: train-clean train-clean-status train-clean-snapshot train-restore train-restore-status
 .PHONY: train-restore-snapshot
 .PHONY: sheets
+.PHONY: train-gan train-gan-status train-gan-stop
 DATA ?= ../shared/data
 RUN ?= runs/default
 EVAL_SETS ?= $(DATA)/eval/set5 $(DATA)/eval/set14 $(DATA)/eval/b100 $(DATA)/eval/kodak24
@@ -108,6 +109,15 @@ train-clean-status train-restore-status: train-%-status:
 
 train-clean-snapshot train-restore-snapshot: train-%-snapshot:
 	scripts/train_run.sh $* snapshot
+
+# NoGAN sharpening of the restore model (issue 11; scripts/train_gan.py): critic pretraining, then a
+# short adversarial phase with the pixel loss kept, in the background at nice 19 in ../runs/gan
+# ($$RUN_DIR), resumed by the next start; about an hour on one shared CPU core ($$MINUTES caps it).
+train-gan: setup-dev
+	scripts/train_gan.sh start
+
+train-gan-status train-gan-stop: train-gan-%:
+	scripts/train_gan.sh $*
 
 # Stage 2 of the shipped default: fine-tune $(RUN)/model.pth with larger crops and more JPEG.
 finetune: setup-dev

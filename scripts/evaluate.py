@@ -37,6 +37,13 @@ most detailed region of each) so a person can see the difference:
     .venv/bin/python -m scripts.evaluate --model model_store/enhancer.pt \
         --sets ../shared/data/eval/kodak24 --scales 2 --tracks heavy --sheets runs/sheets
 
+``--lq FOLDER`` (with ``--sheets``) adds sheets of photos that have no original (bicubic | each
+method | zoomed crop), e.g. the real low-quality faces, for a person to judge a sharpening model:
+
+    .venv/bin/python -m scripts.evaluate --peer restore=model_store/restore.pt \
+        --peer sharp=../runs/gan/sharp.pt --sets ../shared/data/eval/kodak24 --scales 2 \
+        --tracks real_world --sheets runs/sheets --lq ../shared/data/faces/real_lq
+
 ``--restore model_store/restore.pt`` scores the clean/restore pair as served, one row per
 ``--denoise`` level (default 0, 0.5, 1): what the default level is chosen by.
 """
@@ -56,6 +63,7 @@ from scripts.model.evaluation import (
     engine_upscaler,
     evaluate,
     family_upscalers,
+    lq_sheets,
     markdown,
     measure_speed,
     write_quality,
@@ -123,6 +131,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--out", help="write the markdown table here (it is printed too)")
     ap.add_argument("--sheets", help="write a contact sheet per image into this folder")
+    ap.add_argument(
+        "--lq",
+        nargs="+",
+        default=[],
+        help="folders of photos without originals: contact sheets only (needs --sheets)",
+    )
     ap.add_argument("--json", help="write the rows as JSON here")
     ap.add_argument(
         "--speed-image", help="also time Enhancer.upscale at 2x on this image (output MP/s)"
@@ -154,6 +168,10 @@ def main() -> None:
         if not args.model:
             ap.error("--restore needs --model (the clean model of the pair)")
         methods.update(family_upscalers(args.model, args.restore, args.denoise, args.device))
+    if args.lq:
+        if not args.sheets:
+            ap.error("--lq needs --sheets")
+        lq_sheets(args.lq, methods, args.scales[0], args.sheets)
     command = " ".join(["scripts/evaluate.py", *sys.argv[1:]])
     rows = evaluate(args.sets, args.scales, methods, args.tracks, args.seed, sheets=args.sheets)
     table = markdown(rows, list(methods), args.seed, command)

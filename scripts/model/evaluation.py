@@ -324,6 +324,25 @@ def evaluate(sets, scales, methods, tracks, seed, log=print, sheets=None) -> lis
     return rows
 
 
+def lq_sheets(folders, methods, scale: int, sheets: str, log=print) -> list[Path]:
+    """Contact sheets of photos that have no clean original (real low-quality photos): the input
+    enlarged with bicubic | each method, and the 4x zoomed crop of the most detailed region of the
+    last method's output. One PNG per image, ``lq_<folder>_x<scale>_<stem>.png``."""
+    written = []
+    for folder in folders:
+        for image_name, lr in hr_images(folder):
+            size = (lr.width * scale, lr.height * scale)
+            columns = [("bicubic", bicubic(lr, size))]
+            columns += [(name, run(lr, scale)) for name, run in methods.items()]
+            title = f"{Path(folder).name} x{scale} {image_name} (no original)"
+            path = Path(sheets) / f"lq_{Path(folder).name}_x{scale}_{Path(image_name).stem}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            contact_sheet(columns, title).save(path)
+            written.append(path)
+            log(f"sheet {path}")
+    return written
+
+
 # The models' targets (issue 8): Y-PSNR floors on the bicubic track for `clean` (VDSR level), and
 # for `restore` the gain over bicubic on the real-world track (x2) and on the heavy track.
 PSNR_TARGETS = {("set5", 2): 37.5, ("set14", 2): 33.0, ("b100", 2): 31.9, ("set5", 4): 31.0}
