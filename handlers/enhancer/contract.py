@@ -59,6 +59,9 @@ FACES_HEADER = "X-Enhance-Faces"
 FACES_UNAVAILABLE = "unavailable"
 # The face model's file inside the archive (face.json beside it).
 FACE_FILE = "face.pt"
+# The native 4x model of the served 2x model (enhancer4.json beside it): found beside the model
+# (model_store/, the archive), it makes the last pass of scales of 4 and more (passes.py).
+NATIVE_FILE = "enhancer4.pt"
 
 # Values of the ``format`` option; "auto" keeps the input's format where it can be written (PNG
 # for alpha and 16 bits, JPEG for HEIC: imaging/encode.py resolve_format).
