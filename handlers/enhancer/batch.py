@@ -218,14 +218,20 @@ class Local:
     def __init__(self, model: Path, restore: Path | None, device: str, config: Path | None) -> None:
         import torch
 
-        from enhancer.engine import Enhancer, configure_cpu_threads
+        from enhancer.engine import Enhancer, configure_cpu_threads, native_beside
 
         settings = load_settings(config)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if torch.device(device).type == "cpu":
             configure_cpu_threads(settings)
-        self.engine = Enhancer.load(model, device=device, settings=settings, restore_path=restore)
+        self.engine = Enhancer.load(
+            model,
+            device=device,
+            settings=settings,
+            restore_path=restore,
+            native_path=native_beside(model),  # enhancer4.pt beside it, as the server finds it
+        )
         self.has_family = bool(self.engine.levels)
 
     def plan(self, data: bytes, options: dict[str, str]):

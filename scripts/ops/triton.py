@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from enhancer.contract import FACE_FILE, MODEL_NAME
-from enhancer.engine import Enhancer, configure_cpu_threads
+from enhancer.engine import Enhancer, configure_cpu_threads, native_beside
 from enhancer.settings import EnhancerSettings
 from scripts.ops.paths import CONFIG as TORCHSERVE_CONFIG
 from scripts.ops.paths import MODEL_CONFIG, restore_beside
@@ -158,8 +158,14 @@ def load_enhancer(model: Path, device: str, settings: EnhancerSettings) -> Enhan
         logger.info("serving the clean/restore pair: %s and %s", model.name, restore.name)
     face = model.with_name(FACE_FILE)  # a face.pt beside it: the face path (faces option)
     face = face if face.exists() and face.with_suffix(".json").exists() else None
+    native = native_beside(model)  # an enhancer4.pt beside it: the native 4x path (passes.py)
     return Enhancer.load(
-        model, device=device, settings=settings, restore_path=restore, face_path=face
+        model,
+        device=device,
+        settings=settings,
+        restore_path=restore,
+        face_path=face,
+        native_path=native,
     )
 
 

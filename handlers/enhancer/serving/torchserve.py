@@ -24,7 +24,7 @@ from enhancer.contract import (
     RESTORE_FILE,
     header_option,
 )
-from enhancer.engine import Enhancer, configure_cpu_threads
+from enhancer.engine import Enhancer, configure_cpu_threads, native_beside
 from enhancer.errors import BadRequest, OptionError
 from enhancer.settings import EnhancerSettings
 
@@ -69,12 +69,15 @@ def load_engine(context: Any) -> tuple[Enhancer, EnhancerSettings, torch.device]
     # A face model shipped beside it enables ``faces=auto`` (faces.py; scripts.archive --face);
     # the detector's weights are read from the installed facenet-pytorch wheel (same venv).
     face = model_dir / FACE_FILE
+    # A native 4x model shipped beside it (enhancer4.pt) makes the last pass of scales of 4 and
+    # more (passes.py; the setting native_4x turns it off).
     engine = Enhancer.load(
         model_path,
         device=device,
         settings=settings,
         restore_path=restore,
         face_path=face if face.exists() else None,
+        native_path=native_beside(model_path),
     )
     engine.admit_by_cost(context.model_yaml_config)
     return engine, settings, device
