@@ -7,6 +7,8 @@
     .venv/bin/python -m scripts.bench --engine-tiles 1024 --engine-precisions bfloat16
                                                      # also the engine with other tiles or dtypes
     .venv/bin/python -m scripts.bench --peers --help  # the CPU peers (scripts/bench_peers.py)
+    .venv/bin/python -m scripts.bench --native model_store/enhancer4.pt --cases 1x4 --no-e2e
+                                                     # x4: native 4x model vs two 2x passes
 
 Cases: photo-like images of 1 MP (1152x864) and 4 MP (2304x1728), made in code (or ``--photo``
 resized), enlarged 2x and 4x. Two methods on the same TorchScript model:
@@ -56,6 +58,13 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         default=None,
         help="TorchScript model with its card (default: model_store/enhancer.pt, else a stand-in)",
+    )
+    parser.add_argument(
+        "--native",
+        type=Path,
+        default=None,
+        help="the model's native 4x model (model_store/enhancer4.pt): adds the method engine+x4, "
+        "the engine with it (x4: one 4x pass), interleaved with engine (2x passes)",
     )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
     parser.add_argument(
