@@ -109,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-e2e", action="store_true", help="skip the TorchServe part")
     parser.add_argument(
+        "--no-naive", action="store_true", help="skip the naive baseline (engine methods only)"
+    )
+    parser.add_argument(
         "--tile-sweep",
         type=int,
         nargs="*",

@@ -328,11 +328,12 @@ def bench_cases(model: Path, args) -> list[dict]:
         mp, scale = case.split("x")
         size, scale = SIZES[mp], float(scale)
         out_mp = round(scale * size[0]) * round(scale * size[1]) / 1e6
-        methods = [*engine_methods(args), "naive"]
+        methods = [*engine_methods(args), *([] if args.no_naive else ["naive"])]
         runs: dict[str, list[dict]] = {method: [] for method in methods}
         skip_naive = None
         if (
             naive_mb_per_px is None
+            and not args.no_naive
             and args.device == "cpu"
             and largest_pass_input(size, scale) > 2e6
         ):
@@ -358,7 +359,7 @@ def bench_cases(model: Path, args) -> list[dict]:
                     f"peak RSS {result['rss_peak_mb']:.0f} MB",
                     flush=True,
                 )
-        if runs["naive"] and args.device == "cpu":
+        if runs.get("naive") and args.device == "cpu":
             work = max(r["rss_peak_mb"] - r["rss_before_mb"] for r in runs["naive"])
             per_px = work / largest_pass_input(size, scale)
             naive_mb_per_px = max(naive_mb_per_px or 0.0, per_px)
@@ -514,7 +515,8 @@ def report(rows: list[dict], e2e: dict | None, model_text: str, args) -> str:
                 + (" |" if gpu else "")
             )
             continue
-        method = row["method"] + (f" ({row['backend']})" if row["method"] == "engine" else "")
+        shown = row["method"] in ("engine", "engine+x4")
+        method = row["method"] + (f" ({row['backend']})" if shown else "")
         ratio = row.get("model_px_per_output_px")
         line = (
             f"| {name} | {method} | {row.get('tile') or 'whole'} | "
