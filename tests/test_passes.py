@@ -372,6 +372,11 @@ def test_native_4x_off_runs_2x_passes(native_pair, monkeypatch):
     assert enhancer.upscale(torch.rand(3, 6, 6), 4).shape == (3, 24, 24)
     assert [m for m, _ in calls] == ["x2", "x2"]
     assert Enhancer.load(model).upscale(torch.rand(3, 5, 7), 8).shape == (3, 40, 56)
+    for wrong in (1, "false", None):  # a true/false setting takes true or false only
+        with pytest.raises(ValueError, match="native_4x"):
+            EnhancerSettings.from_mapping({"native_4x": wrong})
+    with pytest.raises(ValueError, match="max_scale"):
+        EnhancerSettings.from_mapping({"max_scale": True})  # and a bool is no number
 
 
 def test_native_requests_through_the_three_stages(native_pair):
