@@ -406,3 +406,20 @@ def test_a_native_model_must_be_scale_4(native_pair, sr_model):
         Enhancer.load(model, native_path=sr_model)
     with pytest.raises(ValueError, match="scale-4"):
         Enhancer.load(native, native_path=native)
+
+
+def test_on_a_clean_restore_pair_only_the_clean_level_runs_native(native_pair, monkeypatch):
+    """The native model has no restore partner: denoise 0 (the clean model) ends in the 4x pass,
+    the default blend (0.5) keeps 2x passes."""
+    from enhancer.engine import Enhancer
+    from tests.helpers.tiny_models import tiny_sr
+
+    model, native = native_pair
+    restore = tiny_sr(model.parent / "pair", name="restore", seed=5)
+    enhancer = Enhancer.load(model, restore_path=restore, native_path=native)
+    calls = _spy_calls(enhancer, monkeypatch)
+    assert enhancer.upscale(torch.rand(3, 6, 6), 4).shape == (3, 24, 24)
+    assert [m for m, _ in calls] == ["x2", "x2"]
+    calls.clear()
+    assert enhancer.upscale(torch.rand(3, 6, 6), 4, denoise=0).shape == (3, 24, 24)
+    assert [m for m, _ in calls] == ["x4"]
