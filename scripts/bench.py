@@ -7,6 +7,8 @@
     .venv/bin/python -m scripts.bench --engine-tiles 1024 --engine-precisions bfloat16
                                                      # also the engine with other tiles or dtypes
     .venv/bin/python -m scripts.bench --peers --help  # the CPU peers (scripts/bench_peers.py)
+    .venv/bin/python -m scripts.bench --native model_store/enhancer4.pt --cases 1x4 --no-e2e
+                                                     # x4: native 4x model vs two 2x passes
 
 Cases: photo-like images of 1 MP (1152x864) and 4 MP (2304x1728), made in code (or ``--photo``
 resized), enlarged 2x and 4x. Two methods on the same TorchScript model:
@@ -57,6 +59,13 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="TorchScript model with its card (default: model_store/enhancer.pt, else a stand-in)",
     )
+    parser.add_argument(
+        "--native",
+        type=Path,
+        default=None,
+        help="the model's native 4x model (model_store/enhancer4.pt): adds the method engine+x4, "
+        "the engine with it (x4: one 4x pass), interleaved with engine (2x passes)",
+    )
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default: %(default)s)")
     parser.add_argument(
         "--cases",
@@ -99,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
         help="first print how far each CPU backend's output is from TorchScript's (x2 and x4)",
     )
     parser.add_argument("--no-e2e", action="store_true", help="skip the TorchServe part")
+    parser.add_argument(
+        "--no-naive", action="store_true", help="skip the naive baseline (engine methods only)"
+    )
     parser.add_argument(
         "--tile-sweep",
         type=int,

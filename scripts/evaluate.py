@@ -44,6 +44,13 @@ method | zoomed crop), e.g. the real low-quality faces, for a person to judge a 
         --peer sharp=../runs/gan/sharp.pt --sets ../shared/data/eval/kodak24 --scales 2 \
         --tracks real_world --sheets runs/sheets --lq ../shared/data/faces/real_lq
 
+``--native model_store/enhancer4.pt`` adds the row ``model 4x``: the engine with the native 4x
+model beside ``--model`` (x4 is then one 4x pass; the ``model`` row keeps two 2x passes):
+
+    .venv/bin/python -m scripts.evaluate --model model_store/enhancer.pt \
+        --native model_store/enhancer4.pt --sets ../shared/data/eval/set5 \
+        ../shared/data/eval/set14 --scales 4 --tracks bicubic real_world
+
 ``--restore model_store/restore.pt`` scores the clean/restore pair as served, one row per
 ``--denoise`` level (default 0, 0.5, 1): what the default level is chosen by.
 """
@@ -84,6 +91,12 @@ def main() -> None:
         default=[],
         metavar="NAME=MODEL.pt",
         help="another served model to compare, through the engine (repeatable)",
+    )
+    ap.add_argument(
+        "--native",
+        metavar="MODEL4.pt",
+        help="--model's native 4x model (enhancer4.pt): adds a row 'model 4x', the engine with it "
+        "(one 4x pass for x4), beside 'model' (2x passes)",
     )
     ap.add_argument(
         "--checkpoint", help="a scripts/train.py checkpoint, run directly on whole images"
@@ -159,6 +172,12 @@ def main() -> None:
                 methods[name], card = engine_upscaler(
                     args.model, args.card, args.device, level=level, enhance_first=first
                 )
+    if args.native:
+        if not args.model:
+            ap.error("--native needs --model (the 2x model it sits beside)")
+        methods["model 4x"], _ = engine_upscaler(
+            args.model, args.card, args.device, native_path=args.native
+        )
     for spec in args.peer:
         name, _, path = spec.partition("=")
         methods[name], _ = engine_upscaler(path, None, args.device)

@@ -64,11 +64,12 @@ from scripts.model import crappify
 from scripts.model.evaluation import degraded_lr, rgb_to_y, shave
 from scripts.model.evaluation import psnr as psnr_db
 from scripts.model.feature_loss import FeatureLoss, PixelFreqLoss, pool_block_ends, vgg16_features
-from scripts.model.unet import build_model
+from scripts.model.unet import build_model, init_weights
 
 ints = lambda s: tuple(int(v) for v in s.split(","))  # noqa: E731
 EVAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "eval"
-# the learning curve's fixed validation subset: Set5 and three Set14 images, x2 bicubic
+# the learning curve's fixed validation subset: Set5 and three Set14 images, bicubic LR at the
+# model's scale (x2; x4 for a 4x model)
 VAL_DEFAULT = [str(EVAL / "set5")] + [
     str(EVAL / "set14" / f) for f in ("comic.png", "foreman.png", "zebra.png")
 ]
@@ -90,7 +91,8 @@ ap.add_argument(
     "--val",
     nargs="+",
     default=VAL_DEFAULT,
-    help="HR images (folders/files) of the learning curve's Y-PSNR (x2, bicubic LR); "
+    help="HR images (folders/files) of the learning curve's Y-PSNR (at the model's scale, x2 for "
+    "scale 1); "
     "'none' for no curve",
 )
 ap.add_argument(
@@ -114,6 +116,14 @@ ap.add_argument(
 )
 ap.add_argument(
     "--rep", action="store_true", help="compact: re-parameterisable convs (folded at export)"
+)
+ap.add_argument(
+    "--scale",
+    type=int,
+    default=2,
+    choices=(2, 4),
+    help="compact: the sub-pixel head's factor (4: the 4x model; pairs need --factor 4; start it "
+    "from the 2x model with --init-weights, whose head is spread over the 4x sub-pixels)",
 )
 ap.add_argument(
     "--body", default="resnet34", help="dynamic_unet: torchvision ResNet name, or 'tiny'"
@@ -258,7 +268,11 @@ if precision == "auto":
 
 # ----------------------------------------------------------------------------------------- data
 
-out_scale = 2 if args.arch == "compact" else 1
+out_scale = args.scale if args.arch == "compact" else 1
+if args.arch == "compact" and args.factor != args.scale:
+    raise SystemExit(f"--scale {args.scale} needs pairs of the same factor: --factor {args.scale}")
+# the learning curve's scale: the model's own (a scale-1 model's curve is at x2, as it was)
+val_scale = max(2, out_scale)
 if args.pack:
     # one uint8 N x S x S x 3 array: every crop is a training "image"
     train_images = np.load(args.pack)
@@ -321,7 +335,7 @@ print(
 
 # ---------------------------------------------------------------------------------------- model
 if args.arch == "compact":
-    model_cfg = {"nf": list(args.nf), "blocks": list(args.blocks), "scale": 2}
+    model_cfg = {"nf": list(args.nf), "blocks": list(args.blocks), "scale": args.scale}
     if args.rep:
         model_cfg["rep"] = True
     if args.dec_blocks:
@@ -337,8 +351,7 @@ else:
     }
 model = build_model(args.arch, model_cfg)
 if args.init_weights:
-    state = torch.load(args.init_weights, map_location="cpu", weights_only=True)
-    missing, unexpected = model.load_state_dict(state.get("model", state), strict=False)
+    missing, unexpected = init_weights(model, args.init_weights)
     print(
         f"init from {args.init_weights}: {len(missing)} missing, {len(unexpected)} unexpected keys"
     )
@@ -397,13 +410,14 @@ def val_pairs(
     return pairs
 
 
-val_set = [] if args.val == ["none"] else val_pairs(args.val, track=args.val_track)
+val_set = [] if args.val == ["none"] else val_pairs(args.val, scale=val_scale, track=args.val_track)
 
 
 @torch.no_grad()
 def curve_psnr(net: torch.nn.Module) -> tuple[float, float]:
-    """Mean Y-PSNR (BT.601, 2 px shaved) of the model on the validation subset, whole images
-    reflect-padded to the model's multiple, fp32; and the same over the Set5 images alone."""
+    """Mean Y-PSNR (BT.601, the scale's pixels shaved) of the model on the validation subset,
+    whole images reflect-padded to the model's multiple, fp32; and the same over the Set5 images
+    alone."""
     was_training = net.training
     net.eval()
     multiple = getattr(net, "multiple", 1 if out_scale == 2 else 32)
@@ -418,7 +432,7 @@ def curve_psnr(net: torch.nn.Module) -> tuple[float, float]:
         )
         y = net(xb.to(device))[0, :, : out_scale * h, : out_scale * w].float().clamp(0, 1)
         sr = (y * 255.0).round().byte().permute(1, 2, 0).cpu().numpy()
-        score = psnr_db(shave(rgb_to_y(sr), 2), shave(rgb_to_y(hr), 2))
+        score = psnr_db(shave(rgb_to_y(sr), val_scale), shave(rgb_to_y(hr), val_scale))
         scores.append(score)
         if name.startswith("set5/"):
             set5.append(score)
@@ -609,7 +623,7 @@ plan_key = {
     in (
         "arch", "nf", "blocks", "dec_blocks", "rep", "factor", "p_clean", "text", "degrade",
         "iters", "bs", "sizes", "lr", "schedule", "pct_start", "cos_start", "seed", "pack",
-        "fft_weight", "second_order", "val_track",
+        "fft_weight", "second_order", "val_track", "scale",
     )
 }  # fmt: skip
 state = None

@@ -180,6 +180,37 @@ def test_a_restore_pt_beside_the_model_makes_the_pair_by_default(tmp_path, capsy
     assert restore_beside(clean) is None
 
 
+def test_a_native_4x_model_beside_ships_in_the_archive_and_serves(tmp_path, model):
+    """enhancer4.pt + enhancer4.json beside the model go into the archive, and the worker's door
+    loads them (enhancer.engine.native_beside): x4 is then one native pass."""
+    from enhancer.engine import Enhancer, native_beside
+    from tests.helpers.tiny_models import tiny_sr4
+
+    store = tmp_path / "store"
+    mar = archive.build_archive(model, export_path=store)
+    assert "enhancer4.pt" not in members(mar) and native_beside(model) is None
+    native = tiny_sr4(model.parent, name="enhancer4", seed=3)
+    assert native_beside(model) == native
+    assert archive.is_stale(mar, model)  # a native model appeared beside it
+    mar = archive.build_archive(model, export_path=store)
+    packed = members(mar)
+    assert packed["enhancer4.pt"] == native.read_bytes()
+    assert packed["enhancer4.json"] == native.with_suffix(".json").read_bytes()
+    assert not archive.is_stale(mar, model)
+    unpacked = tmp_path / "unpacked"
+    with zipfile.ZipFile(mar) as z:
+        z.extractall(unpacked)
+    engine = Enhancer.load(
+        unpacked / "enhancer.pt", native_path=native_beside(unpacked / "enhancer.pt")
+    )
+    assert engine.native is not None and engine.native.card.scale == 4
+    # a native card that does not match its model refuses the build
+    card = json.loads(native.with_suffix(".json").read_text())
+    native.with_suffix(".json").write_text(json.dumps({**card, "sha256": "0" * 64}))
+    with pytest.raises(archive.ArchiveError, match="sha256"):
+        archive.build_archive(model, export_path=store, force=True)
+
+
 # -- verification: SHA256SUMS inside, the whole file's sha256 beside it ----------------------------
 
 

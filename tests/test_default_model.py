@@ -108,3 +108,27 @@ def test_improves_on_bicubic_for_a_blurred_image(card, model):
     bic = torch.nn.functional.interpolate(lr, scale_factor=2.0, mode="bicubic").clamp(0, 1)
     crop = (..., slice(8, -8), slice(8, -8))
     assert (sr - hr)[crop].pow(2).mean() < (bic - hr)[crop].pow(2).mean()
+
+
+def test_the_native_4x_model_ships_with_its_measured_context():
+    """model_store/enhancer4.pt (README, "The native 4x model"): its card matches it, says scale 4
+    on the 2x model's grid, carries the overlap measured on photos, and the model runs."""
+    from enhancer.admission import model_overhead
+    from enhancer.settings import EnhancerSettings
+
+    native = STORE / "enhancer4.pt"
+    data = json.loads(native.with_suffix(".json").read_text())
+    card = ModelCard.from_dict(data)
+    card.verify(native)
+    assert native.stat().st_size <= 20 * 1024 * 1024
+    assert card.scale == 4 and card.multiple == ModelCard.load(CARD).multiple and card.dynamic
+    context = data["export"]["context"]
+    assert card.overlap == context["overlap"] >= context["measured_overlap"] > 0
+    assert context["check"]["max_abs_tiled_vs_whole"] < 1 / 255
+    tile = max(card.tile, EnhancerSettings().openvino_tile)
+    assert model_overhead(2304, 1728, 4.0, card, tile) <= 1.2
+    module = torch.jit.load(str(native), map_location="cpu").eval()
+    with torch.no_grad():
+        y = module(torch.rand(1, 3, 24, 40, generator=torch.Generator().manual_seed(0)))
+    assert y.shape == (1, 3, 96, 160) and torch.isfinite(y).all()
+    assert 0 <= y.min() and y.max() <= 1

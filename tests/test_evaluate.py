@@ -302,3 +302,33 @@ def test_family_levels_score_the_pair_as_served(tmp_path, hr_folder):
     (row,) = evaluate.evaluate([str(hr_folder)], [2], methods, ["bicubic"], 0, log=lambda m: None)
     assert row["denoise 0"] == row["clean"] and row["denoise 1"] == row["restore"]
     assert row["denoise 0.5"] not in (row["clean"], row["restore"])
+
+
+def test_a_native_4x_model_exports_and_scores_beside_the_2x_one(tmp_path):
+    """A scale-4 CompactUNet exports with a scale-4 card; ``engine_upscaler(native_path=...)``
+    (evaluate.py --native) runs x4 as its one pass, and the checkpoint path agrees."""
+    torch.manual_seed(0)
+    pts = {}
+    for scale in (2, 4):
+        model = CompactUNet((8, 16), (1, 1), scale=scale)
+        with torch.no_grad():
+            model.head.weight.mul_(0.3)
+        weights = tmp_path / f"x{scale}.pth"
+        torch.save(
+            {"model": model.state_dict(), "arch": "compact", "config": model.config()}, weights
+        )
+        pts[scale] = tmp_path / ("enhancer.pt" if scale == 2 else "enhancer4.pt")
+        args = ["--weights", str(weights), "--out", str(pts[scale]), "--tile", "32"]
+        assert export.main([*args, "--overlap", "8"]) == 0
+    assert json.loads(pts[4].with_suffix(".json").read_text())["scale"] == 4
+    lr = Image.fromarray(gradient_image(30, 45))
+    two, _ = evaluate.engine_upscaler(str(pts[2]), None, "cpu")
+    four, _ = evaluate.engine_upscaler(str(pts[2]), None, "cpu", native_path=str(pts[4]))
+    out2, out4 = two(lr, 4), four(lr, 4)
+    assert out2.shape == out4.shape == (120, 180, 3)
+    assert not np.array_equal(out2, out4)  # another model ran
+    assert np.array_equal(two(lr, 2), four(lr, 2))  # below 4: the 2x model alone
+    direct = evaluate.direct_upscaler(str(tmp_path / "x4.pth"))(lr, 4)
+    assert np.abs(direct[8:-8, 8:-8].astype(float) - out4[8:-8, 8:-8]).max() <= 2
+    with pytest.raises(ValueError, match="whole passes"):
+        evaluate.direct_upscaler(str(tmp_path / "x4.pth"))(lr, 2)

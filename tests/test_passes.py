@@ -262,3 +262,164 @@ def test_scale_2_on_a_4x_card_is_its_4x_output_downscaled(sr4_model):
     image = torch.rand(3, 9, 14, generator=torch.Generator().manual_seed(0))
     x4 = enhancer.upscale(image, 4)
     assert torch.allclose(enhancer.upscale(image, 2), resize(x4, (28, 18)), atol=1e-6)
+
+
+# -- a native 4x model beside the 2x card (enhancer4.pt): one 4x step plus the remainder ----------
+
+
+def _native_plan(width, height, scale, **kw):
+    return [(p.src, p.dst, p.native) for p in plan_passes(width, height, scale, native=4, **kw)]
+
+
+def test_examples_with_a_native_4x_model():
+    assert _native_plan(10, 10, 4) == [((10, 10), (40, 40), True)]  # one 4x pass
+    # the remainder first (on the 2x model), the 4x pass last, on the smallest input it can have
+    assert _native_plan(10, 10, 8) == [((10, 10), (20, 20), False), ((20, 20), (80, 80), True)]
+    assert _native_plan(10, 10, 6) == [((10, 10), (15, 15), False), ((15, 15), (60, 60), True)]
+    assert _native_plan(10, 10, 5) == [((10, 10), (13, 13), False), ((13, 13), (50, 50), True)]
+    assert _native_plan(10, 10, 16) == [((10, 10), (40, 40), True), ((40, 40), (160, 160), True)]
+    # below 4 the 2x plan, unchanged
+    assert _native_plan(10, 10, 3) == [((10, 10), (20, 20), False), ((20, 20), (30, 30), False)]
+    for scale in (1, 1.5, 2, 2.5, 3, 3.99):
+        assert plan_passes(13, 9, scale, native=4) == plan_passes(13, 9, scale)
+    # restoring passes stay on the card's model
+    assert _native_plan(10, 10, 4, level=2, enhance_first=True) == [
+        ((10, 10), (10, 10), False),
+        ((10, 10), (40, 40), True),
+        ((40, 40), (40, 40), False),
+    ]
+
+
+@pytest.mark.parametrize("scale", [4, 4.5, 5, 6, 7.99, 8, 12, 16])
+@pytest.mark.parametrize("width,height", [(1, 1), (3, 7), (40, 30), (101, 77)])
+def test_a_native_plan_lands_exactly_with_one_4x_pass_last(scale, width, height):
+    plan = plan_passes(width, height, scale, native=4)
+    assert plan[0].src == (width, height)
+    assert plan[-1].dst == output_size(width, height, scale)
+    assert plan[-1].native
+    for earlier, later in zip(plan, plan[1:], strict=False):
+        assert later.src == earlier.dst
+    for step in plan:
+        limit = 4 if step.native else 2
+        assert step.src[0] <= step.dst[0] <= limit * step.src[0]
+        assert step.src[1] <= step.dst[1] <= limit * step.src[1]
+    if scale < 16:
+        assert [p.native for p in plan].count(True) == 1
+
+
+def test_a_native_model_needs_a_2x_card():
+    with pytest.raises(ValueError, match="native"):
+        plan_passes(10, 10, 8, model_scale=4, native=4)
+    with pytest.raises(ValueError, match="native"):
+        plan_passes(10, 10, 8, native=3)
+
+
+@pytest.fixture(scope="module")
+def native_pair(tmp_path_factory):
+    """A tiny 2x model with a tiny native 4x model beside it (enhancer.pt + enhancer4.pt)."""
+    from tests.helpers.tiny_models import tiny_sr, tiny_sr4
+
+    folder = tmp_path_factory.mktemp("native")
+    return tiny_sr(folder), tiny_sr4(folder, name="enhancer4", seed=1)
+
+
+def _spy_calls(enhancer, monkeypatch):
+    """Record (which model, input size) of every model call."""
+    calls = []
+    original = enhancer.runner.__class__.__call__
+
+    def spy(self, batch, **kwargs):
+        calls.append(("x4" if self.card.scale == 4 else "x2", tuple(batch.shape[-2:])))
+        return original(self, batch, **kwargs)
+
+    monkeypatch.setattr(enhancer.runner.__class__, "__call__", spy)
+    return calls
+
+
+@pytest.mark.parametrize(
+    "scale,expected",
+    [
+        (4, [("x4", (6, 6))]),
+        (8, [("x2", (6, 6)), ("x4", (12, 12))]),
+        (6, [("x2", (6, 6)), ("x4", (9, 9))]),
+        (3, [("x2", (6, 6)), ("x2", (12, 12))]),
+        (2, [("x2", (6, 6))]),
+    ],
+)
+def test_the_engine_runs_the_native_model_for_scales_of_4_and_more(
+    native_pair, scale, expected, monkeypatch
+):
+    from enhancer.engine import Enhancer
+
+    model, native = native_pair
+    enhancer = Enhancer.load(model, native_path=native)
+    calls = _spy_calls(enhancer, monkeypatch)
+    out = enhancer.upscale(torch.rand(3, 6, 6), scale)
+    assert out.shape == (3, 6 * scale, 6 * scale)
+    assert 0 <= out.min() and out.max() <= 1
+    # one dynamic window per pass: the pass input plus the card's overlap (4) on every side
+    assert calls == [(m, (h + 8, w + 8)) for m, (h, w) in expected]
+
+
+def test_native_4x_off_runs_2x_passes(native_pair, monkeypatch):
+    from enhancer.engine import Enhancer
+    from enhancer.settings import EnhancerSettings
+
+    model, native = native_pair
+    settings = EnhancerSettings.from_mapping({"native_4x": False})
+    enhancer = Enhancer.load(model, native_path=native, settings=settings)
+    calls = _spy_calls(enhancer, monkeypatch)
+    assert enhancer.upscale(torch.rand(3, 6, 6), 4).shape == (3, 24, 24)
+    assert [m for m, _ in calls] == ["x2", "x2"]
+    assert Enhancer.load(model).upscale(torch.rand(3, 5, 7), 8).shape == (3, 40, 56)
+    for wrong in (1, "false", None):  # a true/false setting takes true or false only
+        with pytest.raises(ValueError, match="native_4x"):
+            EnhancerSettings.from_mapping({"native_4x": wrong})
+    with pytest.raises(ValueError, match="max_scale"):
+        EnhancerSettings.from_mapping({"max_scale": True})  # and a bool is no number
+
+
+def test_native_requests_through_the_three_stages(native_pair):
+    """prepare plans the native pass; the bytes that come back have the exact size."""
+    import io
+
+    from PIL import Image
+
+    from enhancer.engine import Enhancer
+
+    model, native = native_pair
+    enhancer = Enhancer.load(model, native_path=native)
+    buffer = io.BytesIO()
+    Image.new("RGB", (13, 7), (120, 30, 200)).save(buffer, "PNG")
+    job = enhancer.prepare(buffer.getvalue(), {"scale": "6", "format": "png"})
+    assert [p.native for p in job.plan] == [False, True]
+    result = enhancer.enhance(buffer.getvalue(), {"scale": "6", "format": "png"})
+    assert (result.width, result.height) == (78, 42)
+    assert Image.open(io.BytesIO(result.data)).size == (78, 42)
+
+
+def test_a_native_model_must_be_scale_4(native_pair, sr_model):
+    from enhancer.engine import Enhancer
+
+    model, native = native_pair
+    with pytest.raises(ValueError, match="scale-4"):
+        Enhancer.load(model, native_path=sr_model)
+    with pytest.raises(ValueError, match="scale-4"):
+        Enhancer.load(native, native_path=native)
+
+
+def test_on_a_clean_restore_pair_only_the_clean_level_runs_native(native_pair, monkeypatch):
+    """The native model has no restore partner: denoise 0 (the clean model) ends in the 4x pass,
+    the default blend (0.5) keeps 2x passes."""
+    from enhancer.engine import Enhancer
+    from tests.helpers.tiny_models import tiny_sr
+
+    model, native = native_pair
+    restore = tiny_sr(model.parent / "pair", name="restore", seed=5)
+    enhancer = Enhancer.load(model, restore_path=restore, native_path=native)
+    calls = _spy_calls(enhancer, monkeypatch)
+    assert enhancer.upscale(torch.rand(3, 6, 6), 4).shape == (3, 24, 24)
+    assert [m for m, _ in calls] == ["x2", "x2"]
+    calls.clear()
+    assert enhancer.upscale(torch.rand(3, 6, 6), 4, denoise=0).shape == (3, 24, 24)
+    assert [m for m, _ in calls] == ["x4"]

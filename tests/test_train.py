@@ -244,6 +244,51 @@ def test_rep_convs_fold_into_plain_convs():
     assert torch.allclose(plain(x), before, atol=1e-5)
 
 
+def test_a_4x_model_starts_as_the_2x_model_and_fine_tunes(tmp_path, photos):
+    """The native 4x model (issue 13): a scale-4 CompactUNet initialised from a 2x run's
+    checkpoint (re-parameterised convs folded, the 2x head spread over the 4x sub-pixels) starts
+    as bicubic 4x plus the 2x model's residual, nearest-upsampled; train.py fine-tunes it on x4
+    pairs with its curve at x4."""
+    import torch.nn.functional as F
+
+    from scripts.model.unet import CompactUNet, init_weights
+
+    torch.manual_seed(0)
+    two = CompactUNet((8, 16), (1, 1), rep=True)
+    with torch.no_grad():
+        for q in two.parameters():
+            q.add_(0.05 * torch.randn_like(q))
+    ckpt = tmp_path / "x2.pth"
+    torch.save({"model": two.state_dict(), "arch": "compact", "config": two.config()}, ckpt)
+    four = CompactUNet((8, 16), (1, 1), scale=4)
+    assert init_weights(four, str(ckpt)) == ([], [])
+    two.train(), four.train()  # no clamp: the identity is exact
+    x = torch.rand(1, 3, 12, 10)
+    with torch.no_grad():
+        residual = two(x) - F.interpolate(x, scale_factor=2.0, mode="bicubic")
+        expected = F.interpolate(x, scale_factor=4.0, mode="bicubic") + F.interpolate(
+            residual, scale_factor=2.0, mode="nearest"
+        )
+        assert torch.allclose(four(x), expected, atol=1e-5)
+    with pytest.raises(ValueError, match="2x or 4x"):
+        CompactUNet((8, 16), (1, 1), scale=3)
+
+    settings = train(
+        tmp_path / "x4", photos, "--nf", "8,16", "--blocks", "1,1", "--precision", "fp32",
+        "--scale", "4", "--factor", "4", "--init-weights", str(ckpt), "--epochs", "1",
+        "--iters", "2", "--sizes", "12", "--val-every", "2",
+    )  # fmt: skip
+    assert settings["model_config"] == {"nf": [8, 16], "blocks": [1, 1], "scale": 4}
+    assert settings["pixels"] == 2 * 4 * 48**2  # HR crops of 4 x 12
+    rows = curve(tmp_path / "x4")
+    assert [int(r["steps"]) for r in rows] == [0, 2]
+    trained = torch.load(tmp_path / "x4" / "model.pth", weights_only=True)
+    assert trained["model"]["head.weight"].shape[0] == 48
+    # a 4x model needs 4x pairs
+    out = train(tmp_path / "bad", photos, *TINY, "--scale", "4", "--epochs", "1", ok=False)
+    assert "--factor 4" in out["stderr"]
+
+
 def test_feature_loss_terms_and_hooks():
     """The course's feature loss on a small VGG-shaped extractor (VGG weights are the user's)."""
     from scripts.model.feature_loss import FeatureLoss, PixelFreqLoss, gram_matrix, pool_block_ends

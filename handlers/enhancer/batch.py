@@ -234,21 +234,28 @@ class Local:
 
         from enhancer.catalog import find_models
         from enhancer.contract import RESTORE_FILE
-        from enhancer.engine import Enhancer, configure_cpu_threads
+        from enhancer.engine import Enhancer, configure_cpu_threads, native_beside
 
         settings = load_settings(config)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         if torch.device(device).type == "cpu":
             configure_cpu_threads(settings)
+        native = native_beside(model)  # enhancer4.pt beside it, as the server finds it
         extras: list[Path] = []
         if served:
             pair = model.with_name(RESTORE_FILE)
             if restore is None and pair.is_file() and pair.with_suffix(".json").is_file():
                 restore = pair
-            extras = find_models(model.parent, skip=[model, *([restore] if restore else [])])
+            skip = [model, *([restore] if restore else []), *([native] if native else [])]
+            extras = find_models(model.parent, skip=skip)
         self.engine = Enhancer.load(
-            model, device=device, settings=settings, restore_path=restore, extra_models=extras
+            model,
+            device=device,
+            settings=settings,
+            restore_path=restore,
+            extra_models=extras,
+            native_path=native,
         )
         self.has_family = bool(self.engine.levels)
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from enhancer.card import ModelCard
-from enhancer.contract import FACE_FILE, MODEL_ROLES
+from enhancer.contract import FACE_FILE, MODEL_ROLES, NATIVE_FILE
 
 __all__ = ["Entry", "build", "find_models", "listing", "quality_summary"]
 
@@ -58,7 +58,8 @@ class Entry:
 
 def find_models(folder: str | Path, skip: Iterable[str | Path] = ()) -> list[Path]:
     """The ``.pt`` files with a card beside them in ``folder`` and its sub-folders (one level),
-    in a stable order, without ``skip`` (the default model, its pair) and the face model."""
+    in a stable order, without ``skip`` (the default model, its pair), the face model and the
+    native 4x model (both used by the default model, not named by requests)."""
     folder = Path(folder)
     skipped = {Path(path).resolve() for path in skip}
     found = []
@@ -66,8 +67,8 @@ def find_models(folder: str | Path, skip: Iterable[str | Path] = ()) -> list[Pat
         relative = path.relative_to(folder)
         if any(part.startswith(".") for part in relative.parts):
             continue
-        if path.name == FACE_FILE and path.parent == folder:
-            continue
+        if path.name in (FACE_FILE, NATIVE_FILE) and path.parent == folder:
+            continue  # the face path's model and the native 4x pass's are not served by name
         if path.resolve() in skipped or not path.with_suffix(".json").is_file():
             continue
         found.append(path)

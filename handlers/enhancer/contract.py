@@ -69,6 +69,10 @@ MODEL_ROLES = ("clean", "restore")
 MODELS_DIR = "models"
 MODEL_HEADER = "X-Enhance-Model"
 
+# The native 4x model of the served 2x model (enhancer4.json beside it): found beside the model
+# (model_store/, the archive), it makes the last pass of scales of 4 and more (passes.py).
+NATIVE_FILE = "enhancer4.pt"
+
 # Values of the ``format`` option; "auto" keeps the input's format where it can be written (PNG
 # for alpha and 16 bits, JPEG for HEIC: imaging/encode.py resolve_format).
 FORMATS = ("auto", "png", "jpeg", "webp", "avif", "tiff")

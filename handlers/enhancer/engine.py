@@ -36,6 +36,7 @@ from enhancer.contract import (
     FACES_UNAVAILABLE,
     MODEL_HEADER,
     MODEL_ROLES,
+    NATIVE_FILE,
     SCALE_USED_HEADER,
 )
 from enhancer.errors import (
@@ -139,6 +140,45 @@ def _family_levels(
     return levels
 
 
+def native_beside(model_path: str | Path) -> Path | None:
+    """The native 4x model (``enhancer4.pt`` with its card) in the folder of ``model_path``, or
+    None when it is not there (or is the model itself): every door passes it to ``Enhancer.load``
+    so that the server, ``enhance`` and Triton answer alike."""
+    native = Path(model_path).with_name(NATIVE_FILE)
+    if native == Path(model_path) or not native.is_file():
+        return None
+    return native if native.with_suffix(".json").is_file() else None
+
+
+def _default_tile(runner: ModelRunner, card: ModelCard, settings: EnhancerSettings) -> int:
+    """The tile a model runs at unless a request sets one: the card's, or for a dynamic model on
+    OpenVINO the larger tile that backend is fastest at (fewer, bigger calls)."""
+    if runner.backend == "openvino" and card.dynamic and settings.openvino_tile:
+        return max(card.tile, settings.openvino_tile // card.multiple * card.multiple)
+    return card.tile
+
+
+def _native_runner(
+    path: Path, card: ModelCard, device: str | torch.device, settings: EnhancerSettings
+) -> ModelRunner:
+    """The native 4x model of a scale-2 (or scale-1) card, its own card beside it, verified.
+
+    Raises:
+        ValueError: its card is invalid, does not match the file, or is not scale 4; or the
+            engine's card is not scale 1 or 2.
+    """
+    native_card = ModelCard.load(path.with_suffix(".json"))
+    native_card.verify(path)
+    if native_card.scale != 4 or card.scale > 2:
+        raise ValueError(
+            f"{path.name}: a native model is a scale-4 card beside a scale-1 or scale-2 one, "
+            f"not scale {native_card.scale} beside scale {card.scale}"
+        )
+    return ModelRunner(
+        path, native_card, torch.device(device), settings.precision, settings.backend
+    )
+
+
 def configure_cpu_threads(settings: EnhancerSettings) -> int:
     """Use every core this process may run on (TorchServe starts workers with OMP_NUM_THREADS=1)."""
     threads = settings.cpu_threads or len(os.sched_getaffinity(0))
@@ -161,6 +201,7 @@ class Enhancer:
         card: ModelCard,
         settings: EnhancerSettings,
         levels: Mapping[float, ModelRunner] | None = None,
+        native: ModelRunner | None = None,
     ):
         self.runner = runner
         self.card = card
@@ -172,9 +213,10 @@ class Enhancer:
             self.runner = self.levels[self.default_denoise]
         # The tile a request runs at unless it sets one: the card's, or for a dynamic model on
         # OpenVINO the larger tile that backend is fastest at (fewer, bigger calls).
-        self.tile = card.tile
-        if self.runner.backend == "openvino" and card.dynamic and settings.openvino_tile:
-            self.tile = max(card.tile, settings.openvino_tile // card.multiple * card.multiple)
+        self.tile = _default_tile(self.runner, card, settings)
+        # The native 4x model (passes.py): the last pass of scales of 4 and more, when loaded.
+        self.native = native
+        self.native_tile = None if native is None else _default_tile(native, native.card, settings)
         self.device = runner.device
         self.batch_size = (
             settings.tile_batch_gpu if self.device.type == "cuda" else settings.tile_batch_cpu
@@ -202,6 +244,7 @@ class Enhancer:
         restore_path: str | Path | None = None,
         face_path: str | Path | None = None,
         extra_models: Sequence[str | Path] = (),
+        native_path: str | Path | None = None,
     ) -> Enhancer:
         """Load a model and its card, refusing a model whose sha256 does not match the card.
 
@@ -219,6 +262,10 @@ class Enhancer:
                 ``model`` option (catalog.py; ``catalog.find_models`` finds those of a folder).
                 Only their cards are read now; each is loaded, and its file checked against its
                 card, when a request first names it.
+            native_path: the native 4x model of this (scale-2) model (``enhancer4.pt``, card
+                beside it): the last pass of scales of 4 and more (passes.py), unless the
+                setting ``native_4x`` is false; requests at another denoise level than the clean
+                model's keep 2x passes.
 
         Raises:
             ValueError: invalid card, or a model file that does not match it.
@@ -244,7 +291,10 @@ class Enhancer:
             runner.dtype,
             runner.backend,
         )
-        engine = cls(runner, card, settings, levels)
+        native = None
+        if native_path is not None:
+            native = _native_runner(Path(native_path), card, device, settings)
+        engine = cls(runner, card, settings, levels, native)
         restore_card = None
         if restore_path is not None:
             restore_card = ModelCard.load(Path(restore_path).with_suffix(".json"))
@@ -319,6 +369,7 @@ class Enhancer:
             level=options.level,
             enhance_first=options.enhance_first,
             model_scale=self.card.scale,
+            native=self._native_scale(denoise),
         )
         job = Job(options, picture, out_format, target, plan, denoise, estimate)
         job.model = options.model
@@ -409,6 +460,14 @@ class Enhancer:
         if self.budget is None or self.throughput is None:
             return scale
         return self.estimator().fit_scale(width, height, scale, options)
+
+    def _native_scale(self, denoise: float | None) -> int | None:
+        """4 when a request's enlarging may end in a native 4x pass: the model is loaded, the
+        ``native_4x`` setting is on, and the request runs the clean model (no denoise blend:
+        the native model has no restore partner)."""
+        if self.native is None or not self.settings.native_4x or denoise not in (None, 0.0):
+            return None
+        return self.native.card.scale
 
     def _denoise_level(self, options: Options) -> float | None:
         """The precomputed level a request runs at, or None for an engine of one model."""
@@ -721,18 +780,24 @@ class Enhancer:
         levels = levels or [None] * len(colors)
         for index in range(max(len(plan) for plan in plans)):
             active = [i for i, plan in enumerate(plans) if index < len(plan)]
-            groups: dict[tuple[int, float | None], list[int]] = {}
+            groups: dict[tuple[int, float | None, bool], list[int]] = {}
             for i in active:
-                groups.setdefault((options[i].tile or self.tile, levels[i]), []).append(i)
-            for (tile, level), members in groups.items():
+                if plans[i][index].native:  # the native 4x model, at its own tile
+                    key = (self.native_tile, None, True)
+                else:
+                    key = (options[i].tile or self.tile, levels[i], False)
+                groups.setdefault(key, []).append(i)
+            for (tile, level, native), members in groups.items():
                 inputs = []
                 for i in members:
                     step = plans[i][index]
                     # a scale-1 model restores at the target size: resize first
-                    inputs.append(
-                        resize(current[i], step.dst) if self.card.scale == 1 else current[i]
-                    )
-                runner = self.runner if level is None else self.levels[level]
+                    first = self.card.scale == 1 and not native
+                    inputs.append(resize(current[i], step.dst) if first else current[i])
+                if native:
+                    runner = self.native
+                else:
+                    runner = self.runner if level is None else self.levels[level]
                 outputs = self._model_pass(inputs, tile, runner)
                 for i, out in zip(members, outputs, strict=False):
                     current[i] = resize(out, plans[i][index].dst)  # no-op when already exact
@@ -745,16 +810,18 @@ class Enhancer:
     def _model_pass(
         self, inputs: list[torch.Tensor], tile: int, runner: ModelRunner
     ) -> list[torch.Tensor]:
-        """One tiled pass over the inputs, with the precision guard and out-of-memory retries."""
+        """One tiled pass over the inputs, with the precision guard and out-of-memory retries
+        (the runner's own card: the engine's, or the native 4x model's)."""
+        card = runner.card
         apply = partial(
             tiled_apply,
             inputs,
-            scale=self.card.scale,
-            overlap=self.card.overlap,
-            multiple=self.card.multiple,
-            dynamic=self.card.dynamic,
+            scale=card.scale,
+            overlap=card.overlap,
+            multiple=card.multiple,
+            dynamic=card.dynamic,
             batch_size=self.batch_size,
-            blend=self.card.blend,
+            blend=card.blend,
         )
         while True:
             try:
@@ -768,8 +835,8 @@ class Enhancer:
                     outputs = apply(partial(runner, full_precision=True), tile=tile)
                 return outputs
             except TileOutOfMemory:
-                smaller = tile // 2 // self.card.multiple * self.card.multiple
-                if self.card.dynamic and smaller >= smallest_tile(self.card):
+                smaller = tile // 2 // card.multiple * card.multiple
+                if card.dynamic and smaller >= smallest_tile(card):
                     logger.warning(
                         "one %d tile did not fit; retrying the pass with %d tiles", tile, smaller
                     )
@@ -915,6 +982,7 @@ class Enhancer:
             level=level,
             enhance_first=enhance_first,
             model_scale=self.card.scale,
+            native=self._native_scale(self._denoise_level(Options(scale=scale, denoise=denoise))),
         )
         options = Options(
             scale=scale, tile=tile, denoise=denoise, level=level, enhance_first=enhance_first

@@ -16,6 +16,14 @@ enlarging passes, and ``level`` n puts n - 1 at the final size after them. How a
 runs a restoring pass is the engine's: it enlarges s times and resizes back down (antialiased), as
 ``scale=1`` always has; no input detail is thrown away first.
 
+A native 4x model beside a scale-1 or scale-2 card (``native=4``: the same U-Net with a 4x
+sub-pixel head, card ``enhancer4.json``) takes over scales of 4 and more: the plan is the remainder
+first, planned the same way (2x passes of the card's model, or again a 4x step from 16x), to
+ceil(output / 4), then one 4x pass on the 4x model (``Pass.native``) to the exact output size:
+4x is one 4x pass; 8x is 2x then 4x; 6x is 1.5x then 4x; below 4 (3x) the plan is the 2x plan.
+The 4x pass comes last because a 4x model's cost is per input pixel: on the smallest input it
+makes the most pixels per multiply-add (8x as 2x then 4x costs a third of 4x then 2x).
+
 ``auto_scale`` is ``scale=auto``: the whole factor that brings the short side to about 1080 px.
 """
 
@@ -33,6 +41,7 @@ class Pass:
 
     src: tuple[int, int]
     dst: tuple[int, int]
+    native: bool = False  # runs on the native 4x model (``plan_passes(native=4)``), not the card's
 
 
 def output_size(width: int, height: int, scale: float) -> tuple[int, int]:
@@ -100,6 +109,7 @@ def plan_passes(
     level: int = 1,
     enhance_first: bool = False,
     model_scale: int = 2,
+    native: int | None = None,
 ) -> list[Pass]:
     """Plan the passes for an image of ``width`` x ``height`` enlarged ``scale`` times by a
     model card of scale ``model_scale``.
@@ -112,6 +122,9 @@ def plan_passes(
     ``enhance_first`` adds a restoring pass at the input size in front (none when ``scale`` is 1:
     the one pass already restores at that size); ``level`` n adds n - 1 restoring passes at the
     output size at the end.
+    ``native`` (4, with a scale-1 or scale-2 card): a native 4x model is there; for a ``scale`` of
+    4 or more the enlarging passes end in one 4x pass on it (the module docstring). Restoring
+    passes stay on the card's model.
 
     Raises:
         ValueError: for a scale below 1 or a non-positive size.
@@ -127,6 +140,30 @@ def plan_passes(
     size = (width, height)
     if enhance_first and target != size:
         passes.append(Pass(size, size))
+    if native is not None and (native != 4 or pass_factor(model_scale) != 2):
+        raise ValueError(f"a native model must be 4x beside a 2x (or 1x) card, not {native}x")
+    passes.extend(_enlarging(size, target, scale, model_scale, native))
+    passes.extend(Pass(target, target) for _ in range(level - 1))
+    return passes
+
+
+def _enlarging(
+    size: tuple[int, int],
+    target: tuple[int, int],
+    scale: float,
+    model_scale: int,
+    native: int | None,
+) -> list[Pass]:
+    """The enlarging passes from ``size`` to ``target`` (about ``scale`` times)."""
+    if native and scale >= native - 1e-9:
+        # the remainder first, to the rounded-up quarter of the output, then one native pass
+        step = (
+            max(size[0], -(-target[0] // native)),
+            max(size[1], -(-target[1] // native)),
+        )
+        head = [] if step == size else _enlarging(size, step, scale / native, model_scale, native)
+        return [*head, Pass(step, target, native=True)]
+    passes = []
     factor = pass_factor(model_scale)
     count = pass_count(scale, model_scale)
     if factor == 2:
@@ -145,5 +182,4 @@ def plan_passes(
             passes.append(Pass(size, step))
             size = step
     passes.append(Pass(size, target))
-    passes.extend(Pass(target, target) for _ in range(level - 1))
     return passes

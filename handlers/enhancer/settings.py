@@ -40,6 +40,8 @@ class EnhancerSettings:
             family is served (snapped to the nearest precomputed level, family.py).
         jpeg_quality, webp_quality, avif_quality: defaults of the ``quality`` option.
         png_compress_level: zlib level for PNG output (0-9); 3: far faster than 6, nearly as small.
+        native_4x: use the native 4x model (``enhancer4.pt`` beside the model, passes.py) for scales
+            of 4 and more when it is loaded; false runs 2x passes only (to compare the two).
         time_budget_share: the share of the server's timeout (TorchServe's ``responseTimeout``)
             a request, or a batch of requests, may be estimated to take; above it a request is
             refused with 413 before any work (admission.py). 0 turns admission by cost off.
@@ -66,6 +68,7 @@ class EnhancerSettings:
     png_compress_level: int = 3
     time_budget_share: float = 0.5
     max_loaded_models: int = 2
+    native_4x: bool = True
 
     @classmethod
     def from_mapping(cls, values: Mapping[str, Any] | None) -> EnhancerSettings:
@@ -83,7 +86,9 @@ class EnhancerSettings:
                     f"settings: unknown key '{key}' (known: {', '.join(sorted(fields))})"
                 )
             default = fields[key].default
-            if isinstance(default, bool) or not isinstance(value, type(default)):
+            if isinstance(default, bool) != isinstance(value, bool) or not isinstance(
+                value, type(default)
+            ):
                 if (
                     isinstance(default, float)
                     and isinstance(value, int)

@@ -93,12 +93,14 @@ def engine_upscaler(
     *,
     level: int = 1,
     enhance_first: bool = False,
+    native_path: str | None = None,
 ):
     """``Enhancer.upscale``: the server's own tiled, multi-pass code (``level`` and
-    ``enhance_first`` as the request options)."""
+    ``enhance_first`` as the request options; ``native_path``: with the native 4x model, which
+    the engine then runs for scales of 4 and more)."""
     from enhancer.engine import Enhancer
 
-    enh = Enhancer.load(model_path, card_path, device=device)
+    enh = Enhancer.load(model_path, card_path, device=device, native_path=native_path)
 
     def run(lr: Image.Image, scale: int) -> np.ndarray:
         out = enh.upscale(to_tensor(lr), float(scale), level=level, enhance_first=enhance_first)
@@ -150,21 +152,26 @@ def measure_speed(model_path: str, card_path: str | None, image: str, device: st
 
 
 def direct_upscaler(checkpoint: str):
-    """A training checkpoint on the whole image, reflect-padded to its multiple, 2x per pass.
-    For watching a run: the shipped numbers come from the engine."""
+    """A training checkpoint on the whole image, reflect-padded to its multiple, one pass per
+    factor of the model's scale (x4 on a 2x model: two passes; on a 4x model: one). For watching
+    a run: the shipped numbers come from the engine."""
     from scripts.model.unet import load_trained
 
     model = load_trained(checkpoint)
     multiple = getattr(model, "multiple", 1)
+    factor = getattr(model, "scale", 2)
 
     @torch.no_grad()
     def run(lr: Image.Image, scale: int) -> np.ndarray:
+        passes = int(round(np.log(scale) / np.log(factor)))
+        if factor**passes != scale:
+            raise ValueError(f"a {factor}x checkpoint cannot make x{scale} in whole passes")
         x = to_tensor(lr)[None]
-        for _ in range(int(round(np.log2(scale)))):
+        for _ in range(passes):
             h, w = x.shape[-2:]
             ph, pw = -h % multiple, -w % multiple
             y = model(F.pad(x, (0, pw, 0, ph), mode="reflect") if ph or pw else x)
-            x = y[..., : 2 * h, : 2 * w]
+            x = y[..., : factor * h, : factor * w]
         return to_uint8(x[0])
 
     return run

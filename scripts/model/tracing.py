@@ -487,7 +487,10 @@ def training_record(path: Path, seen: tuple = ()) -> dict:
     init = record.get("init_weights")
     parent = Path(init).with_name("args.yaml") if init else None
     if init and Path(init).exists():
-        source = torch.load(init, map_location="cpu", weights_only=True)
+        try:
+            source = torch.load(init, map_location="cpu", weights_only=True)
+        except Exception:  # a full training checkpoint (fastai objects): its run is beside it
+            source = None
         if isinstance(source, dict) and isinstance(source.get("from"), str):
             parent = Path(source["from"]).with_name("args.yaml")
             record["init_from_step"] = source.get("steps")

@@ -6,9 +6,11 @@ out).
     model = CompactUNet(nf=(64, 96, 160, 256), blocks=(2, 2, 2, 2))   # scale 2, multiple 8
 
 CompactUNet works at the low resolution and ends in an ICNR-initialised sub-pixel (PixelShuffle) 2x
-head. Its output is ``bicubic_2x(input) + residual``: the network only learns what bicubic misses,
-which converges several times faster than predicting the image. It is fully convolutional with no
-Python shape branches, so one trace is valid at every size that is a multiple of ``2**(levels-1)``.
+head (or 4x: ``scale=4``, the same body with a head of 48 channels, so every layer but the last
+PixelShuffle runs at the input resolution). Its output is ``bicubic_sx(input) + residual``: the
+network only learns what bicubic misses, which converges several times faster than predicting the
+image. It is fully convolutional with no Python shape branches, so one trace is valid at every size
+that is a multiple of ``2**(levels-1)``.
 """
 
 from __future__ import annotations
@@ -106,7 +108,9 @@ class CompactUNet(nn.Module):
         nf: channels per level, full low resolution first; ``len(nf) - 1`` downsamplings.
         blocks: residual blocks per level, used on the way down and again on the way up (the
             deepest level's run once: they are the bottleneck).
-        scale: 2 (sub-pixel head). Kept as an argument so the card and the module agree.
+        scale: 2 or 4: the sub-pixel head's factor (a 4x head is one 3x3 conv to 48 channels and
+            PixelShuffle(4); the body is the same, at the input resolution). ``head_from_2x``
+            turns a scale-2 model's weights into a scale-4 model's starting point.
         rep: train every block conv as a re-parameterisable RepConv (3x3 + 1x1);
             ``fuse()`` folds them into plain 3x3 convs for inference and export.
         dec_blocks: residual blocks per decoder level (all but the deepest), if not ``blocks``.
@@ -123,8 +127,8 @@ class CompactUNet(nn.Module):
         super().__init__()
         if len(nf) != len(blocks):
             raise ValueError(f"nf {nf} and blocks {blocks} must have one entry per level")
-        if scale != 2:
-            raise ValueError("CompactUNet has a 2x sub-pixel head: scale must be 2")
+        if scale not in (2, 4):
+            raise ValueError(f"CompactUNet has a 2x or 4x sub-pixel head, not {scale}x")
         dec_blocks = tuple(blocks[:-1]) if dec_blocks is None else tuple(dec_blocks)
         if len(dec_blocks) != len(nf) - 1:
             raise ValueError(f"dec_blocks {dec_blocks} needs one entry per level but the deepest")
@@ -154,7 +158,7 @@ class CompactUNet(nn.Module):
         self.shuf = nn.PixelShuffle(scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        base = F.interpolate(x, scale_factor=2.0, mode="bicubic", align_corners=False)
+        base = F.interpolate(x, scale_factor=float(self.scale), mode="bicubic", align_corners=False)
         h = self.stem(x - 0.5)
         skips = []
         for i, enc in enumerate(self.enc):
@@ -186,6 +190,27 @@ class CompactUNet(nn.Module):
                 m.fuse()
         self.rep = False
         return self
+
+
+def head_from_2x(state: dict[str, torch.Tensor], scale: int = 4) -> dict[str, torch.Tensor]:
+    """A scale-2 CompactUNet's state dict as a scale-``scale`` one's starting point: every body
+    weight as it is, and the 2x head spread over the ``scale x scale`` sub-pixels (sub-pixel
+    (a, b) of the new head takes the 2x head's sub-pixel (2a // scale, 2b // scale)), so the new
+    model starts as ``bicubic_sx(x)`` plus the 2x model's residual, nearest-upsampled: fine-tuning
+    starts from the 2x model's detail instead of from scratch."""
+    out = dict(state)
+    w, b = state["head.weight"], state["head.bias"]
+    if w.shape[0] != 12:
+        raise ValueError(f"not a 2x head: {w.shape[0]} output channels (a 2x head has 12)")
+    # PixelShuffle(r): channel c * r * r + a * r + b -> colour c, sub-pixel (a, b)
+    index = [
+        c * 4 + (2 * a // scale) * 2 + (2 * bb // scale)
+        for c in range(3)
+        for a in range(scale)
+        for bb in range(scale)
+    ]
+    out["head.weight"], out["head.bias"] = w[index].clone(), b[index].clone()
+    return out
 
 
 class ContractWrapper(nn.Module):
@@ -280,6 +305,30 @@ def build_model(arch: str, cfg: dict) -> nn.Module:
         )
         return ContractWrapper(net, cfg.get("in_norm", "imagenet"), cfg.get("out_norm", "imagenet"))
     raise ValueError(f"unknown arch {arch!r}: use 'compact' or 'dynamic_unet'")
+
+
+def init_weights(model: nn.Module, path: str) -> tuple[list[str], list[str]]:
+    """Load the weights of ``path`` (a model.pth or ckpt*.pth of scripts/train.py, or a bare state
+    dict) into ``model`` as its starting point, non-strictly; returns (missing, unexpected) keys.
+
+    A CompactUNet checkpoint is adapted to ``model``: re-parameterised convs are folded when
+    ``model`` has plain ones, and a scale-2 head becomes a scale-4 one (``head_from_2x``) when
+    ``model`` is a 4x CompactUNet: the 4x model is fine-tuned from the 2x model's body."""
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # a full training checkpoint also holds numpy RNG states
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    state = ckpt.get("model", ckpt)
+    if isinstance(model, CompactUNet) and ckpt.get("arch") == "compact":
+        src = build_model("compact", ckpt["config"])
+        src.load_state_dict(state)
+        if src.rep and not model.rep:
+            src.fuse()
+        state = src.state_dict()
+        if src.scale == 2 and model.scale != 2:
+            state = head_from_2x(state, model.scale)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    return list(missing), list(unexpected)
 
 
 def load_trained(path: str) -> nn.Module:

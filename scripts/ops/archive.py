@@ -31,7 +31,7 @@ from pathlib import Path
 
 from enhancer import catalog
 from enhancer.card import ModelCard, file_sha256
-from enhancer.contract import FACE_FILE, MODEL_NAME, MODELS_DIR, RESTORE_FILE
+from enhancer.contract import FACE_FILE, MODEL_NAME, MODELS_DIR, NATIVE_FILE, RESTORE_FILE
 from enhancer.family import check_family
 from enhancer.integrity import MANIFEST_FILE, ArchiveDamagedError, manifest_text, parse_manifest
 from scripts.ops.paths import DEFAULT_MODEL, HANDLER, HANDLERS, MODEL_CONFIG, MODEL_STORE, PACKAGE
@@ -128,6 +128,15 @@ def extra_models(model: Path, restore: Path | None = None) -> dict[str, Path]:
     return {entry.name: entry.path for entry in entries.values() if entry.role == "extra"}
 
 
+def native_beside(model: Path) -> list[Path]:
+    """The native 4x model (``enhancer4.pt`` + ``enhancer4.json``) in ``model``'s folder, shipped
+    in the archive beside it (the last pass of scales of 4 and more; enhancer/passes.py), or []
+    when it is not there."""
+    native = Path(model).with_name(NATIVE_FILE)
+    card = native.with_suffix(".json")
+    return [native, card] if native.is_file() and card.is_file() and native != Path(model) else []
+
+
 def is_stale(
     mar: Path,
     model: Path,
@@ -149,7 +158,7 @@ def is_stale(
     inputs = archive_inputs(model, config_file)
     if restore is not None:
         inputs = [*inputs, Path(restore), Path(restore).with_suffix(".json")]
-    inputs = [*inputs, *face_beside(model)]
+    inputs = [*inputs, *face_beside(model), *native_beside(model)]
     if extras is None:
         try:
             extras = extra_models(model, restore)
@@ -184,6 +193,11 @@ def is_stale(
             face = face_beside(model)
             if (FACE_FILE in members) != bool(face) or (
                 face and archive.read(face[1].name) != face[1].read_bytes()
+            ):
+                return True
+            native = native_beside(model)
+            if (NATIVE_FILE in members) != bool(native) or (
+                native and archive.read(native[1].name) != native[1].read_bytes()
             ):
                 return True
             if restore is None:
@@ -265,6 +279,8 @@ def build_archive(
     config_file = Path(config_file).resolve()
     export_path = Path(export_path).resolve()
     card = load_verified_card(model)
+    for native in native_beside(model)[:1]:  # its card must match it too
+        load_verified_card(native)
     if restore is not None:
         restore = Path(restore).resolve()
         try:
@@ -335,6 +351,8 @@ def build_archive(
             shutil.copy(restore.with_suffix(".json"), pair / "restore.json")
             extra += f",{pair / RESTORE_FILE},{pair / 'restore.json'}"
         for path in face_beside(model):  # face.pt + face.json: the face path (faces.py)
+            extra += f",{path}"
+        for path in native_beside(model):  # enhancer4.pt + .json: the native 4x path (passes.py)
             extra += f",{path}"
         command = [extra if part == "{extra}" else part for part in command]
         done = subprocess.run(command, capture_output=True, text=True)

@@ -162,10 +162,15 @@ def child(args: argparse.Namespace) -> None:
         if args.backend:
             settings = dataclasses.replace(settings, backend=args.backend)
         configure_cpu_threads(settings)
-        enhancer = Enhancer.load(args.model, device=device, settings=settings)
+        enhancer = Enhancer.load(
+            args.model, device=device, settings=settings, native_path=args.native
+        )
         backend = enhancer.runner.backend
         tile = args.tile or enhancer.tile
-        overhead = model_overhead(width, height, args.scale, enhancer.card, tile)
+        # the planner's ratio is the 2x plan's: none is given for the native 4x path
+        overhead = (
+            None if args.native else model_overhead(width, height, args.scale, enhancer.card, tile)
+        )
 
         def run(image):
             return enhancer.upscale(image, args.scale, tile=args.tile)
@@ -244,8 +249,10 @@ def run_child(method: str, model: Path, size: tuple[int, int], scale: float, arg
     """Run one measured case in a fresh process.
 
     ``method`` is "naive", "engine", "engine@TILE" (another tile size), "engine:DTYPE" (another
-    precision than model-config.yaml's) or "engine/BACKEND" (another CPU backend).
+    precision than model-config.yaml's), "engine/BACKEND" (another CPU backend) or "engine+x4"
+    (with the native 4x model ``--native``: passes.py).
     """
+    method, native, _ = method.partition("+x4")
     method, _, backend = method.partition("/")
     kind, _, precision = method.partition(":")
     kind, _, tile = kind.partition("@")
@@ -270,6 +277,8 @@ def run_child(method: str, model: Path, size: tuple[int, int], scale: float, arg
         command += ["--precision", precision]
     if backend:
         command += ["--backend", backend]
+    if native:
+        command += ["--native", str(args.native)]
     if args.photo:
         command += ["--photo", str(args.photo)]
     done = subprocess.run(command, capture_output=True, text=True)
@@ -303,6 +312,7 @@ def engine_methods(args) -> list[str]:
     """The engine as configured, then at each extra tile size, precision and CPU backend."""
     return [
         "engine",
+        *(["engine+x4"] if args.native else []),
         *(f"engine@{tile}" for tile in args.engine_tiles),
         *(f"engine:{dtype}" for dtype in args.engine_precisions),
         *(f"engine/{backend}" for backend in args.engine_backends),
@@ -318,11 +328,12 @@ def bench_cases(model: Path, args) -> list[dict]:
         mp, scale = case.split("x")
         size, scale = SIZES[mp], float(scale)
         out_mp = round(scale * size[0]) * round(scale * size[1]) / 1e6
-        methods = [*engine_methods(args), "naive"]
+        methods = [*engine_methods(args), *([] if args.no_naive else ["naive"])]
         runs: dict[str, list[dict]] = {method: [] for method in methods}
         skip_naive = None
         if (
             naive_mb_per_px is None
+            and not args.no_naive
             and args.device == "cpu"
             and largest_pass_input(size, scale) > 2e6
         ):
@@ -348,7 +359,7 @@ def bench_cases(model: Path, args) -> list[dict]:
                     f"peak RSS {result['rss_peak_mb']:.0f} MB",
                     flush=True,
                 )
-        if runs["naive"] and args.device == "cpu":
+        if runs.get("naive") and args.device == "cpu":
             work = max(r["rss_peak_mb"] - r["rss_before_mb"] for r in runs["naive"])
             per_px = work / largest_pass_input(size, scale)
             naive_mb_per_px = max(naive_mb_per_px or 0.0, per_px)
@@ -504,7 +515,8 @@ def report(rows: list[dict], e2e: dict | None, model_text: str, args) -> str:
                 + (" |" if gpu else "")
             )
             continue
-        method = row["method"] + (f" ({row['backend']})" if row["method"] == "engine" else "")
+        shown = row["method"] in ("engine", "engine+x4")
+        method = row["method"] + (f" ({row['backend']})" if shown else "")
         ratio = row.get("model_px_per_output_px")
         line = (
             f"| {name} | {method} | {row.get('tile') or 'whole'} | "
@@ -531,6 +543,12 @@ def report(rows: list[dict], e2e: dict | None, model_text: str, args) -> str:
                     f"working memory {engine['work_mb'] / max(naive['work_mb'], 1):.2f}x naive"
                 )
         served = by.get((case, "engine"))
+        native = by.get((case, "engine+x4"))
+        if served and native:
+            lines.append(
+                f"- {case} engine+x4 (native 4x model) vs engine (2x passes): throughput "
+                f"{native['mp_per_s'] / served['mp_per_s']:.2f}x"
+            )
         for backend in args.engine_backends:
             other = by.get((case, f"engine/{backend}"))
             if served and other:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from enhancer.catalog import find_models
 from enhancer.contract import MODEL_NAME
-from enhancer.engine import Enhancer, configure_cpu_threads
+from enhancer.engine import Enhancer, configure_cpu_threads, native_beside
 from enhancer.settings import EnhancerSettings
 from scripts.ops.paths import face_beside, restore_beside
 
@@ -119,8 +119,11 @@ def load_enhancer(model: Path, device: str, settings: EnhancerSettings) -> Enhan
     if restore is not None:
         logger.info("serving the clean/restore pair: %s and %s", model.name, restore.name)
     face = face_beside(model)  # a face.pt beside it: the face path (faces option)
+    native = native_beside(model)  # an enhancer4.pt beside it: the native 4x path (passes.py)
     # every other model with its card in the folder (or one level down): the ``model`` option
-    extras = find_models(model.parent, skip=[model, *([restore] if restore else [])])
+    extras = find_models(
+        model.parent, skip=[model, *([restore] if restore else []), *([native] if native else [])]
+    )
     return Enhancer.load(
         model,
         device=device,
@@ -128,6 +131,7 @@ def load_enhancer(model: Path, device: str, settings: EnhancerSettings) -> Enhan
         restore_path=restore,
         face_path=face,
         extra_models=extras,
+        native_path=native,
     )
 
 

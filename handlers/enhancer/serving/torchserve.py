@@ -25,7 +25,7 @@ from enhancer.contract import (
     RESTORE_FILE,
     header_option,
 )
-from enhancer.engine import Enhancer, configure_cpu_threads
+from enhancer.engine import Enhancer, configure_cpu_threads, native_beside
 from enhancer.errors import BadRequest, OptionError
 from enhancer.settings import EnhancerSettings
 
@@ -73,6 +73,8 @@ def load_engine(context: Any) -> tuple[Enhancer, EnhancerSettings, torch.device]
     # Every other model the archive holds (under models/, scripts.archive) is served by name: the
     # ``model`` option (catalog.py), loaded when first asked for.
     extras = find_models(model_dir, skip=[model_path, *([restore] if restore else [])])
+    # A native 4x model shipped beside it (enhancer4.pt) makes the last pass of scales of 4 and
+    # more (passes.py; the setting native_4x turns it off).
     engine = Enhancer.load(
         model_path,
         device=device,
@@ -80,6 +82,7 @@ def load_engine(context: Any) -> tuple[Enhancer, EnhancerSettings, torch.device]
         restore_path=restore,
         face_path=face if face.exists() else None,
         extra_models=extras,
+        native_path=native_beside(model_path),
     )
     engine.admit_by_cost(context.model_yaml_config)
     return engine, settings, device
