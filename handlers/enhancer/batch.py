@@ -538,7 +538,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             options["model"] = args.model  # a served model's name
         elif not args.server:
             model = Path(args.model) if args.model else _default_model()
-            served = False
+            # no --model: the default model as the server loads it (with the restore model of its
+            # pair beside it, at the same default denoise level), so the outputs are the server's
+            served = not args.model
             if args.model and _is_model_name(args.model):
                 model, served = _default_model(), True  # a name: served beside the default
                 options["model"] = args.model
