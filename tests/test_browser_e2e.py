@@ -600,7 +600,7 @@ def slow_torchserve(tmp_path_factory):
     the largest allowed photo too fast for a queue to form on an idle worker."""
     from tests.helpers.tiny_models import slow_sr
 
-    model_pt = slow_sr(tmp_path_factory.mktemp("slow-model"))
+    model_pt = slow_sr(tmp_path_factory.mktemp("slow-model"), width=96)
     ts = start_torchserve(model_pt, tmp_path_factory.mktemp("slow-ts"))
     yield ts
     stop_torchserve(ts)
@@ -633,7 +633,7 @@ def queue_sizes(slow_torchserve) -> QueueSizes:
 
     cap = estimator.max_output_pixels // 2
     small, small_s = grow("2", 3.0, cap)
-    late, late_s = grow("4", 4 * QUEUED * small_s, cap)
+    late, late_s = grow("4", 2 * QUEUED * small_s, cap)  # the limit: 2.5x the queue's work
     return QueueSizes(small, small_s, late, late_s, limit=late_s + QUEUED * small_s / 2)
 
 
