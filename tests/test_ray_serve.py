@@ -337,7 +337,14 @@ def test_concurrent_requests_are_batched_and_keep_their_own_answers(ray_server):
     """Good and bad uploads at once: each its own answer, and some shared an engine call."""
     good, bad = photo(96, 64), b"GIF89a but not really"
     jobs = [(good, {"scale": "4"}) if i % 2 == 0 else (bad, {}) for i in range(12)]
-    before = ray_server.log_text()
+    # Ray forwards the replicas' log lines a moment late: wait until earlier tests' lines are in
+    before, quiet_since = ray_server.log_text(), time.monotonic()
+    waiting_until = quiet_since + 15
+    while time.monotonic() - quiet_since < 2 and time.monotonic() < waiting_until:
+        time.sleep(0.25)
+        now = ray_server.log_text()
+        if now != before:
+            before, quiet_since = now, time.monotonic()
     barrier = threading.Barrier(len(jobs))
 
     def send(job):
