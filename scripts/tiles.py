@@ -40,7 +40,7 @@ def whole_upscale(engine, rgb: torch.Tensor, scale: float, reach: int = 16) -> t
     reach = -(-reach // card.multiple) * card.multiple
     height, width = rgb.shape[1:]
     current = rgb.float()
-    for step in plan_passes(width, height, scale):
+    for step in plan_passes(width, height, scale, model_scale=card.scale):
         source = resize(current, step.dst) if card.scale == 1 else current
         with torch.inference_mode():
             out = whole_apply(
@@ -61,7 +61,7 @@ def served_windows(engine, width: int, height: int, scale: float) -> int:
 
     card = engine.card
     most = 0
-    for step in plan_passes(width, height, scale):
+    for step in plan_passes(width, height, scale, model_scale=card.scale):
         w, h = step.dst if card.scale == 1 else step.src
         rows, columns = plan_windows(
             (h, w), engine.tile, card.overlap, card.multiple, card.dynamic, card.blend
