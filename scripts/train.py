@@ -61,8 +61,8 @@ from fastai.optimizer import Adam
 
 from scripts.checkpoint import atomic_save, restore_dtypes
 from scripts.model import crappify
-from scripts.model.evaluation import degraded_lr, rgb_to_y, shave
 from scripts.model.evaluation import psnr as psnr_db
+from scripts.model.evaluation import rgb_to_y, shave, val_pairs
 from scripts.model.feature_loss import FeatureLoss, PixelFreqLoss, pool_block_ends, vgg16_features
 from scripts.model.unet import build_model, init_weights
 
@@ -382,35 +382,13 @@ def lr_at(frac: float) -> float:
 
 
 # ----------------------------------------------------------------------- learning-curve subset
-def val_pairs(
-    sources: list[str], scale: int = 2, track: str = "bicubic"
-) -> list[tuple[str, torch.Tensor, np.ndarray]]:
-    """(name, model input, HR uint8) per image: HR cropped to a multiple of ``scale``, LR made as
-    scripts/evaluate.py's ``track`` makes it (bicubic: PIL bicubic downscaling; real_world, heavy:
-    the same seeded degradations, per image of each source folder); for a scale-1 model the input
-    is the LR resized back up with bicubic (what the engine feeds it)."""
-    from PIL import Image
-
-    pairs = []
-    for src in sources:
-        path = Path(src)
-        files = (
-            sorted(q for q in path.iterdir() if q.suffix.lower() in crappify.IMAGE_SUFFIXES)
-            if path.is_dir()
-            else [path]
-        )
-        for index, f in enumerate(files):
-            hr = Image.open(f).convert("RGB")
-            hr = hr.crop((0, 0, hr.width - hr.width % scale, hr.height - hr.height % scale))
-            lr = degraded_lr(track, hr, scale, index, crappify.REAL_WORLD_SEED)
-            if out_scale == 1:
-                lr = lr.resize(hr.size, Image.BICUBIC)
-            x = torch.from_numpy(np.asarray(lr, dtype=np.float32) / 255.0).permute(2, 0, 1)
-            pairs.append((f"{path.name}/{f.name}" if path.is_dir() else f.name, x, np.asarray(hr)))
-    return pairs
 
 
-val_set = [] if args.val == ["none"] else val_pairs(args.val, scale=val_scale, track=args.val_track)
+val_set = (
+    []
+    if args.val == ["none"]
+    else val_pairs(args.val, val_scale, args.val_track, upsampled=out_scale == 1)
+)
 
 
 @torch.no_grad()

@@ -36,7 +36,7 @@ import yaml
 
 from scripts.checkpoint import atomic_save
 from scripts.model import crappify
-from scripts.model.evaluation import degraded_lr, psnr, rgb_to_y, shave
+from scripts.model.evaluation import psnr, rgb_to_y, shave, val_pairs
 from scripts.model.feature_loss import PixelFreqLoss
 from scripts.model.gan import GanWeights, PatchCritic, critic_step, gan_step
 from scripts.model.unet import build_model
@@ -104,26 +104,6 @@ def degradation_of(args_yaml: Path | None):
     return cls(**fields)
 
 
-def val_pairs(sources: list[str]) -> list[tuple[torch.Tensor, np.ndarray]]:
-    from PIL import Image
-
-    pairs = []
-    for src in sources:
-        path = Path(src)
-        files = (
-            sorted(q for q in path.iterdir() if q.suffix.lower() in crappify.IMAGE_SUFFIXES)
-            if path.is_dir()
-            else [path]
-        )
-        for index, f in enumerate(files):
-            hr = Image.open(f).convert("RGB")
-            hr = hr.crop((0, 0, hr.width - hr.width % 2, hr.height - hr.height % 2))
-            lr = degraded_lr("real_world", hr, 2, index, crappify.REAL_WORLD_SEED)
-            x = torch.from_numpy(np.asarray(lr, dtype=np.float32) / 255.0).permute(2, 0, 1)
-            pairs.append((x, np.asarray(hr)))
-    return pairs
-
-
 @torch.no_grad()
 def val_psnr(gen: torch.nn.Module, pairs) -> float:
     """Mean Y-PSNR (BT.601, 2 px shaved) on the real-world track, as train.py's curve."""
@@ -177,7 +157,11 @@ def main(argv=None) -> int:
     ds = crappify.PairDataset(
         train_images, total * args.bs, args.size, 2, 2, degradation, seed=args.seed
     )
-    pairs = [] if args.val == ["none"] else val_pairs(args.val)
+    pairs = (
+        []
+        if args.val == ["none"]
+        else [(x, hr) for _, x, hr in val_pairs(args.val, 2, "real_world")]
+    )
     pixel_loss = PixelFreqLoss(args.fft_weight)
     weights = GanWeights(args.pixel, args.adv, args.fm)
     bf16 = args.precision == "bf16"

@@ -448,3 +448,30 @@ def write_quality(
         "command": command,
     }
     Path(card_path).write_text(json.dumps(data, indent=2) + "\n")
+
+
+def val_pairs(
+    sources: list[str], scale: int = 2, track: str = "bicubic", upsampled: bool = False
+) -> list[tuple[str, torch.Tensor, np.ndarray]]:
+    """(name, model input, HR uint8) per image of ``sources`` (folders or files), for training
+    curves: HR cropped to a multiple of ``scale``, LR made as scripts/evaluate.py's ``track`` makes
+    it (bicubic: PIL bicubic downscaling; real_world, heavy: the same seeded degradations, per
+    image of each source folder); ``upsampled`` (a scale-1 model): the input is the LR resized
+    back up with bicubic (what the engine feeds it)."""
+    pairs = []
+    for src in sources:
+        path = Path(src)
+        files = (
+            sorted(q for q in path.iterdir() if q.suffix.lower() in crappify.IMAGE_SUFFIXES)
+            if path.is_dir()
+            else [path]
+        )
+        for index, f in enumerate(files):
+            hr = Image.open(f).convert("RGB")
+            hr = hr.crop((0, 0, hr.width - hr.width % scale, hr.height - hr.height % scale))
+            lr = degraded_lr(track, hr, scale, index, crappify.REAL_WORLD_SEED)
+            if upsampled:
+                lr = lr.resize(hr.size, Image.BICUBIC)
+            x = torch.from_numpy(np.asarray(lr, dtype=np.float32) / 255.0).permute(2, 0, 1)
+            pairs.append((f"{path.name}/{f.name}" if path.is_dir() else f.name, x, np.asarray(hr)))
+    return pairs
